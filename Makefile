@@ -1,0 +1,26 @@
+# One entry point for developers, users and CI. `make test` is the test command the README gives.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint typecheck check
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+
+test: install
+	scripts/test-services
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check airflow_provider_servicetitan tests dags
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test

@@ -1,0 +1,206 @@
+"""ServiceTitan API client: every call goes through retry -> circuit breaker -> HTTP.
+
+Retry is the outer layer and the breaker the inner one (as resilience4j orders them): every
+attempt passes the breaker, so once any worker opens it the others stop calling too, and an open
+breaker ends the retries unless it will admit a probe within the retry's remaining time.
+
+A 401 means the token is no longer valid: it is dropped (only if it is still the cached one),
+renewed, and the call repeated once. A second 401 means the credentials themselves are bad.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.resources import get_resource
+from airflow_provider_servicetitan.errors import (
+    AuthenticationError,
+    InvalidCredentialsError,
+    MalformedResponseError,
+    error_from_exception,
+    error_from_response,
+)
+from airflow_provider_servicetitan.resilience.breaker import CircuitBreaker
+from airflow_provider_servicetitan.resilience.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+MAX_IDS_PER_REQUEST = 50
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One page of a list endpoint."""
+
+    page: int
+    data: list[Any]
+    has_more: bool
+    total_count: int | None
+
+
+@dataclass(frozen=True)
+class ExportPage:
+    """One page of an export feed. ``continue_from`` is the bookmark to store once ``data`` is stored."""
+
+    data: list[Any]
+    continue_from: str | None
+    has_more: bool
+
+
+class ServiceTitanClient:
+    """Talks to one tenant of ServiceTitan with one credential.
+
+    :param token_manager: supplies (shared, self-renewing) access tokens for the credential.
+    :param breaker: the credential's circuit breaker, shared by all workers.
+    :param retry_policy: how failed attempts are retried.
+    :param timeout: (connect, read) timeouts in seconds. ServiceTitan gives up around 100 s.
+    """
+
+    def __init__(
+        self,
+        token_manager: TokenManager,
+        *,
+        breaker: CircuitBreaker,
+        retry_policy: RetryPolicy,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = (5.0, 60.0),
+        page_size: int = 500,
+    ) -> None:
+        self.credentials = token_manager.credentials
+        self.token_manager = token_manager
+        self.breaker = breaker
+        self.retry_policy = retry_policy
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.page_size = page_size
+
+    @property
+    def tenant_id(self) -> int:
+        return self.credentials.tenant_id
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """Make one API call (with retries) and return the decoded JSON body (``None`` for 204)."""
+        return self.retry_policy.call(self._attempt, method, path, params, json)
+
+    def pages(self, resource: str, *, page_size: int | None = None, **filters: Any) -> Iterator[ListPage]:
+        """Yield every page of a list endpoint. ``active`` defaults to ``Any``: a sync wants all records."""
+        path = get_resource(resource).list_path(self.tenant_id)
+        params: dict[str, Any] = {"active": "Any", **filters, "pageSize": page_size or self.page_size}
+        page = 1
+        while True:
+            body = self.request("GET", path, params={**params, "page": page})
+            listed = ListPage(
+                page=page,
+                data=list(body.get("data") or []),
+                has_more=bool(body.get("hasMore")),
+                total_count=body.get("totalCount"),
+            )
+            yield listed
+            if not listed.has_more:
+                return
+            page += 1
+
+    def export(
+        self,
+        resource: str,
+        continue_from: str | None = None,
+        include_recent_changes: bool = False,
+    ) -> Iterator[ExportPage]:
+        """Yield the export feed page by page from ``continue_from`` until it is caught up.
+
+        Only one page is held at a time; the caller stores each page and its ``continue_from``
+        together before asking for the next one.
+        """
+        path = get_resource(resource).export_path(self.tenant_id)
+        bookmark = continue_from
+        while True:
+            params: dict[str, Any] = {"includeRecentChanges": str(include_recent_changes).lower()}
+            if bookmark:
+                params["from"] = bookmark
+            body = self.request("GET", path, params=params)
+            page = ExportPage(
+                data=list(body.get("data") or []),
+                continue_from=body.get("continueFrom") or bookmark,
+                has_more=bool(body.get("hasMore")),
+            )
+            yield page
+            if not page.has_more:
+                return
+            bookmark = page.continue_from
+
+    def get_by_ids(self, resource: str, ids: Iterable[int | str]) -> list[Any]:
+        """Fetch records by id through the list endpoint, 50 ids per request, active or not."""
+        wanted = [str(i) for i in ids]
+        records: list[Any] = []
+        for start in range(0, len(wanted), MAX_IDS_PER_REQUEST):
+            chunk = wanted[start : start + MAX_IDS_PER_REQUEST]
+            for page in self.pages(resource, ids=",".join(chunk), page_size=MAX_IDS_PER_REQUEST):
+                records.extend(page.data)
+        return records
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _attempt(self, method: str, path: str, params: Mapping[str, Any] | None, json: Any) -> Any:
+        """One attempt: a token, the call through the breaker, and one renewal on a 401."""
+        token = self.token_manager.get_token()
+        try:
+            return self.breaker.call(self._send, token, method, path, params, json)
+        except AuthenticationError as first:
+            if isinstance(first, InvalidCredentialsError) or first.retryable:
+                raise
+            log.info("ServiceTitan answered 401 for %s; renewing the token and repeating once", path)
+            self.token_manager.invalidate(token)
+            renewed = self.token_manager.get_token()
+            try:
+                return self.breaker.call(self._send, renewed, method, path, params, json)
+            except AuthenticationError as second:
+                if second.retryable:
+                    raise
+                raise InvalidCredentialsError(
+                    f"ServiceTitan refused a freshly issued token for tenant {self.tenant_id}: "
+                    f"the credentials or the app key are not valid for this tenant ({second})",
+                    status=second.status,
+                    title=second.title,
+                    trace_id=second.trace_id,
+                    path=second.path,
+                ) from None
+
+    def _send(self, token: str, method: str, path: str, params: Mapping[str, Any] | None, json: Any) -> Any:
+        url = f"{self.credentials.base_url}{path}"
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "ST-App-Key": self.credentials.app_key,
+            "Accept": "application/json",
+        }
+        try:
+            response = self.session.request(
+                method, url, params=params, json=json, headers=headers, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise error_from_exception(exc) from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise MalformedResponseError(
+                status=response.status_code,
+                title="answer is not valid JSON",
+                path=path,
+                trace_id=response.headers.get("traceId"),
+            ) from None

@@ -1,0 +1,74 @@
+"""Provider metadata read by Airflow's ProvidersManager through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_servicetitan import __version__
+
+CONNECTION_TYPE = "servicetitan"
+
+
+def _text(label: str, description: str, *, secret: bool = False, **schema: Any) -> dict[str, Any]:
+    field_schema: dict[str, Any] = {"type": ["string", "null"], **schema}
+    if secret:
+        field_schema["format"] = "password"
+    return {"label": label, "description": description, "schema": field_schema}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider: its hook, connection type and the connection form fields."""
+    return {
+        "package-name": "airflow-provider-servicetitan",
+        "name": "ServiceTitan",
+        "description": "Resilient, checkpointed sync of ServiceTitan data for many credentials.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "ServiceTitan",
+                "external-doc-url": "https://developer.servicetitan.io/",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "ServiceTitan",
+                "python-modules": ["airflow_provider_servicetitan.hooks.servicetitan"],
+            }
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_provider_servicetitan.hooks.servicetitan.ServiceTitanHook",
+                "hook-name": "ServiceTitan",
+                "connection-type": CONNECTION_TYPE,
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "schema", "port", "extra"],
+                    "relabeling": {"login": "Client ID", "password": "Client secret"},
+                    "placeholders": {"login": "cid.xxxxxxxxxxxx", "password": "cs1.xxxxxxxxxxxx"},
+                },
+                "conn-fields": {
+                    "app_key": _text("App key", "ServiceTitan application key (ST-App-Key).", secret=True),
+                    "tenant_id": {
+                        "label": "Tenant ID",
+                        "description": "Numeric ServiceTitan tenant id.",
+                        "schema": {"type": ["integer", "string", "null"]},
+                    },
+                    "environment": _text(
+                        "Environment",
+                        "Which ServiceTitan environment the client id belongs to.",
+                        enum=["production", "integration"],
+                        default="production",
+                    ),
+                    "auth_url": _text(
+                        "Token URL (optional)",
+                        "Overrides the environment's token endpoint, e.g. http://127.0.0.1:8765/connect/token "
+                        "for the sandbox.",
+                    ),
+                    "api_url": _text(
+                        "API base URL (optional)",
+                        "Overrides the environment's API host, e.g. http://127.0.0.1:8765 for the sandbox.",
+                    ),
+                },
+            }
+        ],
+    }

@@ -1,0 +1,219 @@
+"""Airflow hook: turns a ``servicetitan`` connection into a resilient :class:`ServiceTitanClient`.
+
+The connection holds the credential (login = client id, password = client secret, fields
+``app_key``, ``tenant_id``, ``environment``, optional ``auth_url`` / ``api_url``) and may tune
+resilience in its extra: ``{"retry": {"preset": "aggressive", "max_attempts": 4},
+"breaker": {"failure_threshold": 5, "open_seconds": 30}}``. Arguments given in code win.
+Shared state (tokens, breaker) lives in the Redis of an Airflow ``redis`` connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any
+
+import redis
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+from cryptography.fernet import Fernet, MultiFernet
+
+from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.client import ServiceTitanClient
+from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
+from airflow_provider_servicetitan.client.resources import get_resource
+from airflow_provider_servicetitan.errors import CredentialValidationError, ServiceTitanError
+from airflow_provider_servicetitan.get_provider_info import CONNECTION_TYPE
+from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
+from airflow_provider_servicetitan.resilience.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+# Redis is shared memory for coordination: a slow Redis must not slow the sync down.
+REDIS_SOCKET_TIMEOUT = 0.5
+_REDIS_SSL_ARGS = ("ssl", "ssl_cert_reqs", "ssl_ca_certs", "ssl_keyfile", "ssl_certfile", "ssl_check_hostname")
+_BREAKER_TUNABLES = frozenset(
+    f.name for f in dataclasses.fields(BreakerConfig) if f.type in ("int", "float", int, float)
+)
+_RETRY_TUNABLES = frozenset({"max_attempts", "base_delay", "max_delay", "max_elapsed"})
+
+
+class ServiceTitanHook(BaseHook):
+    """Interact with ServiceTitan through a ``servicetitan`` connection.
+
+    :param servicetitan_conn_id: the ServiceTitan connection (one credential = one tenant).
+    :param redis_conn_id: Airflow Redis connection for the shared token cache and circuit breaker;
+        ``None`` keeps both per process.
+    :param retry_policy: overrides the retry settings of the connection.
+    :param breaker_config: overrides the circuit breaker settings of the connection.
+    :param namespace: prefix of every Redis key.
+    :param token_encryption_key: Fernet key(s), comma-separated, for tokens in Redis. Default: the
+        Airflow ``[core] fernet_key``, else a key derived from the client secret.
+    """
+
+    conn_name_attr = "servicetitan_conn_id"
+    default_conn_name = "servicetitan_default"
+    conn_type = CONNECTION_TYPE
+    hook_name = "ServiceTitan"
+
+    def __init__(
+        self,
+        servicetitan_conn_id: str = default_conn_name,
+        redis_conn_id: str | None = "redis_default",
+        *,
+        retry_policy: RetryPolicy | None = None,
+        breaker_config: BreakerConfig | None = None,
+        namespace: str = "servicetitan",
+        token_encryption_key: str | None = None,
+        timeout: tuple[float, float] = (5.0, 60.0),
+    ) -> None:
+        super().__init__()
+        self.servicetitan_conn_id = servicetitan_conn_id
+        self.redis_conn_id = redis_conn_id
+        self._retry_policy = retry_policy
+        self._breaker_config = breaker_config
+        self.namespace = namespace
+        self._token_encryption_key = token_encryption_key
+        self.timeout = timeout
+
+    @cached_property
+    def _extra(self) -> dict[str, Any]:
+        return dict(self.get_connection(self.servicetitan_conn_id).extra_dejson)
+
+    def get_credentials(self) -> ServiceTitanCredentials:
+        """Read and validate the connection's credential, and mask its secrets in every log."""
+        conn = self.get_connection(self.servicetitan_conn_id)
+        extra = self._extra
+
+        def field(name: str) -> Any:
+            # Form fields are stored plain in Airflow 3; older UIs prefixed them.
+            return extra.get(name, extra.get(f"extra__{CONNECTION_TYPE}__{name}"))
+
+        for secret in (conn.password, field("app_key")):
+            if secret:
+                mask_secret(str(secret))
+        return ServiceTitanCredentials.from_fields(
+            client_id=conn.login,
+            client_secret=conn.password,
+            app_key=field("app_key"),
+            tenant_id=field("tenant_id"),
+            environment=field("environment"),
+            auth_url=field("auth_url"),
+            api_url=field("api_url"),
+            conn_id=self.servicetitan_conn_id,
+        )
+
+    def get_retry_policy(self) -> RetryPolicy:
+        """The retry policy: the one given in code, else the connection's ``retry`` settings."""
+        if self._retry_policy is not None:
+            return self._retry_policy
+        settings = self._settings("retry", _RETRY_TUNABLES | {"preset"})
+        preset = str(settings.pop("preset", "default"))
+        try:
+            return RetryPolicy.preset(preset, **settings)
+        except ValueError as exc:
+            raise CredentialValidationError("extra.retry", str(exc), conn_id=self.servicetitan_conn_id) from None
+
+    def get_breaker_config(self) -> BreakerConfig:
+        """The breaker settings: the ones given in code, else the connection's ``breaker`` settings."""
+        if self._breaker_config is not None:
+            return self._breaker_config
+        try:
+            return BreakerConfig(**self._settings("breaker", _BREAKER_TUNABLES))
+        except ValueError as exc:
+            raise CredentialValidationError("extra.breaker", str(exc), conn_id=self.servicetitan_conn_id) from None
+
+    def get_redis(self) -> redis.Redis | None:
+        """A Redis client with short timeouts from the Redis connection, or ``None`` (per-process state)."""
+        if self.redis_conn_id is None:
+            return None
+        conn = self.get_connection(self.redis_conn_id)
+        extra = conn.extra_dejson
+        password = conn.password if conn.password and str(conn.password).lower() not in ("none", "false") else None
+        return redis.Redis(
+            host=conn.host or "127.0.0.1",
+            port=conn.port or 6379,
+            db=int(extra.get("db") or 0),
+            username=conn.login or None,
+            password=password,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+            **{name: extra[name] for name in _REDIS_SSL_ARGS if name in extra},
+        )
+
+    def get_conn(self) -> ServiceTitanClient:
+        """A client for the connection's tenant; validated before any network call."""
+        return self._client
+
+    @cached_property
+    def _client(self) -> ServiceTitanClient:
+        credentials = self.get_credentials()
+        retry_policy = self.get_retry_policy()
+        breaker_config = self.get_breaker_config()
+        redis_client = self.get_redis()
+        tokens = TokenManager(
+            credentials,
+            redis_client,
+            fernet=self._fernet(),
+            namespace=self.namespace,
+            on_token=mask_secret,
+        )
+        breaker = CircuitBreaker(
+            f"tenant-{credentials.tenant_id}-{credentials.cache_id[:8]}",
+            redis_client,
+            config=breaker_config,
+            namespace=self.namespace,
+        )
+        return ServiceTitanClient(tokens, breaker=breaker, retry_policy=retry_policy, timeout=self.timeout)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Used by the UI's Test button: obtain a token and make one cheap API call."""
+        try:
+            client = self.get_conn()
+            client.request("GET", get_resource("customers").list_path(client.tenant_id), params={"pageSize": 1})
+        except ServiceTitanError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        creds = client.credentials
+        return True, f"Connected to ServiceTitan tenant {creds.tenant_id} ({creds.environment}): token and API OK"
+
+    def _settings(self, name: str, allowed: frozenset[str]) -> dict[str, Any]:
+        """A tuning section of the connection extra, e.g. ``breaker``, with unknown keys rejected."""
+        section = self._extra.get(name) or {}
+        if not isinstance(section, Mapping):
+            raise CredentialValidationError(
+                f"extra.{name}", "a JSON object of settings", conn_id=self.servicetitan_conn_id
+            )
+        unknown = sorted(set(section) - allowed)
+        if unknown:
+            raise CredentialValidationError(
+                f"extra.{name}.{unknown[0]}",
+                f"one of {', '.join(sorted(allowed))}",
+                conn_id=self.servicetitan_conn_id,
+            )
+        return dict(section)
+
+    def _fernet(self) -> Fernet | MultiFernet | None:
+        """The key for tokens in Redis: the one given in code, else Airflow's, else derived from the secret."""
+        if self._token_encryption_key is not None:
+            fernet = _multi_fernet(self._token_encryption_key)
+            if fernet is None:
+                raise CredentialValidationError(
+                    "token_encryption_key", "valid Fernet key(s), comma-separated", conn_id=self.servicetitan_conn_id
+                )
+            return fernet
+        from airflow.sdk.configuration import conf
+
+        airflow_key = conf.get("core", "fernet_key", fallback="")
+        fernet = _multi_fernet(airflow_key) if airflow_key else None
+        if airflow_key and fernet is None:
+            log.warning("[core] fernet_key is not a valid Fernet key; tokens in Redis use a key derived from the secret")
+        return fernet
+
+
+def _multi_fernet(keys: str) -> MultiFernet | None:
+    try:
+        return MultiFernet([Fernet(part.strip().encode()) for part in keys.split(",")])
+    except ValueError:
+        return None

@@ -1,0 +1,201 @@
+"""The Lua side of :class:`~airflow_provider_servicetitan.resilience.breaker.CircuitBreaker`.
+
+One script holds the whole state machine and is dispatched on a command name, so that every
+read-decide-write of a breaker is a single atomic script call: no interleaving of workers can
+admit a probe twice, perform a transition twice or let a stale outcome flip a newer state.
+
+Time is Redis ``TIME`` plus an offset (``0`` in production, the injected clock in tests), and
+every deadline (open period, probe lease, window) is compared against that time inside the
+script. Key TTLs only collect garbage. Numbers sent to Redis or back to Python are formatted as
+strings: Redis would truncate Lua numbers in replies and round them in command arguments.
+
+Keys (all four share one hash tag, so the script also runs on Redis Cluster):
+
+* ``KEYS[1]`` state hash: ``state``, ``gen``, ``open_until``, ``reopens``, ``since``, ``seq``
+* ``KEYS[2]`` ZSET of the calls in the rolling window, scored by completion time
+* ``KEYS[3]`` ZSET of the failed calls in the rolling window (a subset of ``KEYS[2]``)
+* ``KEYS[4]`` ZSET of the probe leases, scored by lease expiry
+
+Arguments: ``ARGV[1]`` command (``acquire`` | ``record`` | ``peek`` | ``force_open`` |
+``reset``), ``ARGV[2]`` clock offset, ``ARGV[3..12]`` the configuration in the order of
+:data:`CONFIG_FIELDS`, then the command's own arguments: ``record`` takes generation, probe id
+(empty when the call was not a probe) and outcome (``success`` | ``failure`` | ``ignored``);
+``force_open`` takes the seconds to stay open.
+
+Reply: ``state, generation, admitted (1|0), probe id, retry_after`` followed by five strings per
+transition performed by this call: ``from, to, reason, at, open_until`` (empty unless to open).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Configuration fields passed to the script, in ``ARGV[3..12]`` order.
+CONFIG_FIELDS: Final = (
+    "failure_threshold",
+    "window_seconds",
+    "failure_rate_threshold",
+    "minimum_calls",
+    "open_seconds",
+    "max_open_seconds",
+    "open_backoff_multiplier",
+    "half_open_max_calls",
+    "probe_lease_seconds",
+    "key_ttl_seconds",
+)
+
+#: Number of reply fields before the transitions, and per transition.
+REPLY_HEAD: Final = 5
+TRANSITION_FIELDS: Final = 5
+
+BREAKER_LUA: Final = r"""
+local STATE, CALLS, FAILURES, PROBES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local command = ARGV[1]
+local failure_threshold = tonumber(ARGV[3])
+local window_seconds = tonumber(ARGV[4])
+local failure_rate_threshold = tonumber(ARGV[5])
+local minimum_calls = tonumber(ARGV[6])
+local open_seconds = tonumber(ARGV[7])
+local max_open_seconds = tonumber(ARGV[8])
+local backoff_multiplier = tonumber(ARGV[9])
+local half_open_max_calls = tonumber(ARGV[10])
+local probe_lease_seconds = tonumber(ARGV[11])
+local key_ttl_seconds = tonumber(ARGV[12])
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + tonumber(ARGV[2])
+
+local function fmt(x)
+  return string.format('%.6f', x)
+end
+
+local saved = redis.call('HMGET', STATE, 'state', 'gen', 'open_until', 'reopens', 'since')
+local state = saved[1] or 'closed'
+local gen = tonumber(saved[2]) or 0
+local open_until = tonumber(saved[3]) or 0
+local reopens = tonumber(saved[4]) or 0
+local since = tonumber(saved[5]) or now
+local changed = false
+local transitions = {}
+
+local function next_id()
+  changed = true
+  return tostring(redis.call('HINCRBY', STATE, 'seq', 1))
+end
+
+-- A transition starts a new generation: outcomes of calls admitted before it are stale, the
+-- window and the probe leases belong to the previous state and are dropped.
+local function move(to, reason)
+  local until_text = ''
+  if to == 'open' then until_text = fmt(open_until) end
+  table.insert(transitions, {state, to, reason, fmt(now), until_text})
+  state = to
+  gen = gen + 1
+  since = now
+  changed = true
+  redis.call('DEL', CALLS, FAILURES, PROBES)
+end
+
+local function open_for(seconds, reason)
+  open_until = now + seconds
+  move('open', reason)
+end
+
+local function backoff_seconds()
+  return math.min(max_open_seconds, open_seconds * backoff_multiplier ^ reopens)
+end
+
+-- Time-driven changes, applied whenever the breaker is touched.
+local function advance()
+  if state == 'open' and now >= open_until then
+    move('half_open', 'open_timeout')
+  elseif state == 'half_open' then
+    redis.call('ZREMRANGEBYSCORE', PROBES, '-inf', fmt(now))
+  end
+end
+
+local function acquire()
+  if state == 'closed' then
+    return {'1', '', '0'}
+  end
+  if state == 'open' then
+    return {'0', '', fmt(open_until - now)}
+  end
+  if redis.call('ZCARD', PROBES) < half_open_max_calls then
+    local probe_id = gen .. ':' .. next_id()
+    redis.call('ZADD', PROBES, fmt(now + probe_lease_seconds), probe_id)
+    return {'1', probe_id, '0'}
+  end
+  local earliest = redis.call('ZRANGE', PROBES, 0, 0, 'WITHSCORES')
+  return {'0', '', fmt(tonumber(earliest[2]) - now)}
+end
+
+local function record(call_gen, probe_id, outcome)
+  if call_gen ~= gen or outcome == 'ignored' then
+    if probe_id ~= '' then
+      redis.call('ZREM', PROBES, probe_id)
+    end
+    return
+  end
+  if state == 'half_open' then
+    if outcome == 'success' then
+      move('closed', 'probe_succeeded')
+    else
+      reopens = reopens + 1
+      open_for(backoff_seconds(), 'probe_failed')
+    end
+  elseif state == 'closed' then
+    local id = next_id()
+    local horizon = fmt(now - window_seconds)
+    redis.call('ZREMRANGEBYSCORE', CALLS, '-inf', horizon)
+    redis.call('ZREMRANGEBYSCORE', FAILURES, '-inf', horizon)
+    redis.call('ZADD', CALLS, fmt(now), id)
+    if outcome == 'failure' then
+      redis.call('ZADD', FAILURES, fmt(now), id)
+    end
+    local calls = redis.call('ZCARD', CALLS)
+    local failures = redis.call('ZCARD', FAILURES)
+    if failures >= failure_threshold then
+      open_for(backoff_seconds(), 'failure_threshold')
+    elseif calls >= minimum_calls and failures / calls >= failure_rate_threshold then
+      open_for(backoff_seconds(), 'failure_rate')
+    end
+  end
+end
+
+advance()
+local decision = {'0', '', '0'}
+if command == 'acquire' then
+  decision = acquire()
+elseif command == 'record' then
+  record(tonumber(ARGV[13]), ARGV[14], ARGV[15])
+elseif command == 'force_open' then
+  open_for(tonumber(ARGV[13]), 'forced_open')
+elseif command == 'reset' then
+  reopens = 0
+  if state == 'closed' then
+    redis.call('DEL', CALLS, FAILURES)
+  else
+    move('closed', 'reset')
+  end
+elseif command ~= 'peek' then
+  return redis.error_reply('unknown circuit breaker command: ' .. tostring(command))
+end
+
+if changed then
+  redis.call('HSET', STATE, 'state', state, 'gen', tostring(gen), 'open_until', fmt(open_until),
+             'reopens', tostring(reopens), 'since', fmt(since))
+  local ttl = math.ceil(key_ttl_seconds + math.max(0, open_until - now))
+  for _, key in ipairs(KEYS) do
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+
+local reply = {state, tostring(gen), decision[1], decision[2], decision[3]}
+for _, transition in ipairs(transitions) do
+  for _, field in ipairs(transition) do
+    table.insert(reply, field)
+  end
+end
+return reply
+"""

@@ -1,0 +1,116 @@
+"""Control and truth endpoints under ``/_sandbox/``: not part of the ServiceTitan API, no auth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, Field
+
+from airflow_provider_servicetitan.sandbox.middleware import ADMIN_PREFIX
+from airflow_provider_servicetitan.sandbox.problems import ProblemError
+from airflow_provider_servicetitan.sandbox.state import SandboxState
+from airflow_provider_servicetitan.sandbox.store import Action, MutationError, ResourceTable
+from airflow_provider_servicetitan.sandbox.timestamps import format_ms
+
+
+class MutateRequest(BaseModel):
+    """Body of ``POST /_sandbox/mutate``: ``ids`` or ``count`` (``create`` takes ``count``, default 1)."""
+
+    tenant: int
+    resource: str
+    action: Action
+    ids: list[int] | None = None
+    count: int | None = Field(default=None, ge=1)
+
+
+class ClockAdvance(BaseModel):
+    """Body of ``POST /_sandbox/clock/advance``."""
+
+    seconds: float = Field(ge=0)
+
+
+def admin_router(state: SandboxState) -> APIRouter:
+    """Routes that inspect and steer ``state``."""
+    router = APIRouter(prefix=ADMIN_PREFIX.rstrip("/"))
+
+    def clock() -> dict[str, Any]:
+        return {"now": format_ms(state.clock.now_ms()), "offset": state.clock.offset}
+
+    def table(tenant: int, resource: str) -> ResourceTable:
+        try:
+            return state.store.table(tenant, resource)
+        except KeyError:
+            raise ProblemError(404, detail=f"No resource {resource!r} for tenant {tenant}.") from None
+
+    @router.get("/config")
+    async def config() -> dict[str, Any]:
+        return {
+            **state.config.to_dict(),
+            "app_key": state.app_key,
+            "credentials": [
+                {"tenant_id": c.tenant_id, "client_id": c.client_id, "client_secret": c.client_secret}
+                for c in state.credentials
+            ],
+            "clock": clock(),
+        }
+
+    @router.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return state.stats.snapshot()
+
+    @router.get("/faults")
+    async def get_faults() -> dict[str, Any]:
+        return state.faults.describe(state.clock.now())
+
+    @router.post("/faults")
+    async def set_faults(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:  # noqa: B008
+        knobs = dict(payload)
+        profile = knobs.pop("profile", None)
+        now = state.clock.now()
+        try:
+            state.faults.apply(profile, knobs, now)
+        except ValueError as exc:
+            raise ProblemError(400, "Invalid faults", detail=str(exc)) from None
+        return state.faults.describe(now)
+
+    @router.post("/tokens/revoke")
+    async def revoke_tokens() -> dict[str, Any]:
+        return {"revoked": state.tokens.revoke_all()}
+
+    @router.post("/reset")
+    async def reset() -> dict[str, Any]:
+        state.reset()
+        return {"reset": True, "clock": clock()}
+
+    @router.post("/mutate")
+    async def mutate(request: MutateRequest) -> dict[str, Any]:
+        table(request.tenant, request.resource)
+        try:
+            changed = state.store.mutate(
+                request.tenant,
+                request.resource,
+                request.action,
+                ids=request.ids,
+                count=request.count,
+                now_ms=state.clock.now_ms(),
+            )
+        except MutationError as exc:
+            raise ProblemError(400, "Invalid mutation", detail=str(exc)) from None
+        return {
+            "tenant": request.tenant,
+            "resource": request.resource,
+            "action": request.action,
+            "changed": [record.truth() for record in changed],
+        }
+
+    @router.get("/truth/{tenant}/{resource}")
+    async def truth(tenant: int, resource: str) -> list[dict[str, Any]]:
+        return [record.truth() for record in table(tenant, resource).records()]
+
+    @router.post("/clock/advance")
+    async def advance_clock(request: ClockAdvance) -> dict[str, Any]:
+        state.clock.advance(request.seconds)
+        return clock()
+
+    return router
