@@ -19,6 +19,8 @@ import redis
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 from cryptography.fernet import Fernet, MultiFernet
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from airflow_provider_servicetitan.client.auth import TokenManager
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
@@ -140,6 +142,9 @@ class ServiceTitanHook(BaseHook):
             password=password,
             socket_timeout=REDIS_SOCKET_TIMEOUT,
             socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+            # redis-py retries with backoff by default (seconds per command when Redis is down);
+            # our callers fall back to per-process state instead, so fail fast.
+            retry=Retry(NoBackoff(), 0),
             **{name: extra[name] for name in _REDIS_SSL_ARGS if name in extra},
         )
 
@@ -208,7 +213,9 @@ class ServiceTitanHook(BaseHook):
         airflow_key = conf.get("core", "fernet_key", fallback="")
         fernet = _multi_fernet(airflow_key) if airflow_key else None
         if airflow_key and fernet is None:
-            log.warning("[core] fernet_key is not a valid Fernet key; tokens in Redis use a key derived from the secret")
+            log.warning(
+                "[core] fernet_key is not a valid Fernet key; tokens in Redis use a key derived from the secret"
+            )
         return fernet
 
 

@@ -487,7 +487,7 @@ class CircuitBreaker:
     @property
     def redis_keys(self) -> tuple[str, ...]:
         """The Redis keys of this breaker (empty without a Redis client)."""
-        return self._redis.keys if self._redis else ()
+        return self._redis.keys if self._redis is not None else ()
 
     @property
     def state(self) -> BreakerState:

@@ -139,6 +139,7 @@ local function record(call_gen, probe_id, outcome)
   end
   if state == 'half_open' then
     if outcome == 'success' then
+      reopens = 0
       move('closed', 'probe_succeeded')
     else
       reopens = reopens + 1

@@ -197,35 +197,35 @@ class BreakerMachine(RuleBasedStateMachine):
     ) -> None:
         # Operators act rarely; unlimited, force_open would keep most examples open.
         self.operator_actions = operator_actions
-        spec = {
-            "failure_threshold": failure_threshold,
-            "window_seconds": 6 * UNIT,
-            "failure_rate_threshold": rate,
-            "minimum_calls": minimum_calls,
-            "open_seconds": 3 * UNIT,
-            "max_open_seconds": 12 * UNIT,
-            "open_backoff_multiplier": multiplier,
-            "half_open_max_calls": max_probes,
-            "probe_lease_seconds": 2 * UNIT,
-        }
+        config = BreakerConfig(
+            failure_threshold=failure_threshold,
+            window_seconds=6 * UNIT,
+            failure_rate_threshold=rate,
+            minimum_calls=minimum_calls,
+            open_seconds=3 * UNIT,
+            max_open_seconds=12 * UNIT,
+            open_backoff_multiplier=multiplier,
+            half_open_max_calls=max_probes,
+            probe_lease_seconds=2 * UNIT,
+        )
         self.breaker = CircuitBreaker(
             f"model-{uuid.uuid4().hex[:12]}",
             self.client,
-            BreakerConfig(**spec),
+            config,
             namespace=self.namespace,
             listeners=[self.seen.append],
             clock_offset=self.clock,
         )
         self.model = ReferenceBreaker(
-            failure_threshold=failure_threshold,
-            window=6 * UNIT,
-            rate=rate,
-            minimum_calls=minimum_calls,
-            open_seconds=3 * UNIT,
-            max_open_seconds=12 * UNIT,
-            multiplier=multiplier,
-            max_probes=max_probes,
-            lease=2 * UNIT,
+            failure_threshold=config.failure_threshold,
+            window=config.window_seconds,
+            rate=config.failure_rate_threshold,
+            minimum_calls=config.minimum_calls,
+            open_seconds=config.open_seconds,
+            max_open_seconds=config.max_open_seconds,
+            multiplier=config.open_backoff_multiplier,
+            max_probes=config.half_open_max_calls,
+            lease=config.probe_lease_seconds,
         )
 
     @property

@@ -66,7 +66,7 @@ def test_pytest_fixture_gives_a_started_default_sandbox(servicetitan_sandbox):
 
 def _run_cli(*args: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "airflow_provider_servicetitan.sandbox.cli", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # noqa: S603
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _banner(process: subprocess.Popen[str]) -> str:

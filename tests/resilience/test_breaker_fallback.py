@@ -1,0 +1,220 @@
+"""When Redis is unreachable the breaker keeps working per process, and goes back to Redis later.
+
+Redis is made unreachable in two honest ways: a client pointed at a closed port, and a TCP proxy in
+front of the test Redis that can be switched off (it then accepts connections and drops them),
+which also counts how often the breaker tried Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from airflow_provider_servicetitan.errors import ServiceTitanServerError
+from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
+
+from .test_breaker import BREAKER_LOGGER, Clock, Service, attempt, make_breaker, refusal, summary
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+class SwitchableProxy:
+    """A TCP proxy to Redis. Switched off, it accepts each connection and closes it at once (and
+    drops the open ones), so every command through it fails fast. ``connections`` counts accepts."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self.connections = 0
+        self._up = True
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                if not self._up:
+                    _close(conn)
+                    continue
+                upstream = socket.create_connection(self._target)
+                self._open.update((conn, upstream))
+            threading.Thread(target=self._pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(source)
+            _close(sink)
+
+    def switch(self, *, up: bool) -> None:
+        with self._lock:
+            self._up = up
+            if up:
+                return
+            dropped, self._open = self._open, set()
+        for sock in dropped:
+            _close(sock)
+
+    def close(self) -> None:
+        _close(self._server)
+        self.switch(up=False)
+
+
+def fast_failing_client(host: str, port: int, db: int = 0) -> redis.Redis:
+    """A client as the docs recommend: short timeouts and no retries, so an outage costs little."""
+    return redis.Redis(
+        host=host, port=port, db=db, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[SwitchableProxy]:
+    parsed = urlparse(redis_url)
+    proxy = SwitchableProxy((parsed.hostname or "127.0.0.1", parsed.port or 6379))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxied_client(proxy: SwitchableProxy, redis_url: str) -> Iterator[redis.Redis]:
+    client = fast_failing_client("127.0.0.1", proxy.port, db=int(urlparse(redis_url).path.lstrip("/") or 0))
+    yield client
+    client.close()
+
+
+def breaker_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == BREAKER_LOGGER and r.levelno == logging.WARNING]
+
+
+def test_calls_flow_and_the_local_breaker_opens_when_redis_is_unreachable(
+    key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=BREAKER_LOGGER)
+    clock = Clock()
+    transitions: list[BreakerTransition] = []
+    breaker = make_breaker(
+        fast_failing_client("127.0.0.1", 1), key_prefix, clock, transitions=transitions, failure_threshold=3
+    )
+    service = Service()
+    assert [attempt(breaker, service.ok) for _ in range(20)] == ["ok"] * 20
+    assert breaker.backend == "local"
+    assert [attempt(breaker, service.fail) for _ in range(3)] == ["raised"] * 3
+    refusal(breaker)
+    assert service.calls == 23
+    for _ in range(3):  # Redis is tried again now and then, and still fails: no new warning
+        clock.advance(5)
+        refusal(breaker)
+    assert breaker.state == "open"
+    assert breaker.backend == "local"
+    assert summary(transitions) == [("closed", "open", "failure_threshold")]
+    [warning] = breaker_warnings(caplog)
+    assert "Redis unreachable" in warning.getMessage()
+    assert "ConnectionError" in warning.getMessage()
+
+
+def test_without_a_client_the_breaker_is_local_and_quiet(key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=BREAKER_LOGGER)
+    breaker = make_breaker(None, key_prefix, Clock())
+    assert breaker.call(Service().ok) == "ok"
+    assert breaker.backend == "local"
+    assert breaker.redis_keys == ()
+    assert breaker_warnings(caplog) == []
+
+
+def test_redis_is_tried_again_at_most_once_per_recheck_interval(
+    proxy: SwitchableProxy, proxied_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=BREAKER_LOGGER)
+    proxy.switch(up=False)
+    clock = Clock()
+    breaker = make_breaker(proxied_client, key_prefix, clock, redis_recheck_seconds=5)
+    service = Service()
+    assert attempt(breaker, service.ok) == "ok"
+    assert proxy.connections == 1
+    for _ in range(50):
+        assert attempt(breaker, service.ok) == "ok"
+    clock.advance(4.9)
+    assert attempt(breaker, service.ok) == "ok"
+    assert proxy.connections == 1
+    clock.advance(0.1)
+    assert attempt(breaker, service.ok) == "ok"
+    assert proxy.connections == 2
+    assert breaker.backend == "local"
+    assert len(breaker_warnings(caplog)) == 1
+
+
+def test_returns_to_the_shared_state_when_redis_answers_again(
+    proxy: SwitchableProxy,
+    proxied_client: redis.Redis,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=BREAKER_LOGGER)
+    clock = Clock()
+    worker = make_breaker(proxied_client, key_prefix, clock, failure_threshold=2, redis_recheck_seconds=5)
+    other_worker = make_breaker(redis_client, key_prefix, clock, failure_threshold=2)
+    service = Service()
+    assert attempt(worker, service.ok) == "ok"
+    assert worker.backend == "redis"
+
+    proxy.switch(up=False)
+    assert attempt(worker, service.fail) == "raised"  # counted locally only
+    assert worker.backend == "local"
+    proxy.switch(up=True)
+    assert attempt(worker, service.ok) == "ok"
+    assert worker.backend == "local"  # not rechecked before the interval
+    clock.advance(5)
+    assert attempt(worker, service.fail) == "raised"
+    assert worker.backend == "redis"
+    assert worker.state == "closed"  # one failure in Redis; the outage's local failure is not carried over
+
+    attempt(other_worker, service.fail)  # the second shared failure opens it for everybody
+    refusal(worker)
+    assert len(breaker_warnings(caplog)) == 1
+    assert any("answers again" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+
+
+def test_an_outcome_that_cannot_reach_redis_is_dropped_and_the_call_is_unharmed(
+    proxy: SwitchableProxy, proxied_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=BREAKER_LOGGER)
+    breaker = make_breaker(proxied_client, key_prefix, Clock(), failure_threshold=1)
+    service = Service()
+
+    def fail_while_redis_goes_away() -> None:
+        proxy.switch(up=False)
+        service.fail()
+
+    with pytest.raises(ServiceTitanServerError):
+        breaker.call(fail_while_redis_goes_away)
+    assert breaker.backend == "local"
+    assert breaker.state == "closed"  # the Redis-admitted failure is not replayed locally
+    assert attempt(breaker, service.ok) == "ok"
+    assert len(breaker_warnings(caplog)) == 1
