@@ -328,3 +328,10 @@ def error_from_exception(error: requests.RequestException) -> ServiceTitanError:
     if isinstance(error, requests.exceptions.ContentDecodingError):
         return ServiceTitanConnectionError(f"incomplete or corrupt answer{where} ({kind})")
     return ServiceTitanError(f"request failed{where} ({kind})")
+
+
+def to_error(failure: requests.Response | requests.RequestException) -> ServiceTitanError:
+    """The one mapping from an HTTP error answer or a ``requests`` failure to a provider error."""
+    if isinstance(failure, requests.Response):
+        return error_from_response(failure)
+    return error_from_exception(failure)

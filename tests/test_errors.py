@@ -38,6 +38,7 @@ from airflow_provider_servicetitan.errors import (
     error_from_response,
     is_retryable,
     parse_retry_after,
+    to_error,
 )
 
 # path -> (status, headers, body). The handler answers whatever the test registered.
@@ -259,3 +260,14 @@ def test_circuit_open_error_reports_wait():
     assert error.retry_after == 0.0
     assert error.breaker_name == "tenant-1"
     assert "tenant-1" in str(error)
+
+
+def test_to_error_takes_a_response_or_an_exception(http_server):
+    base, answers = http_server
+    answers["/x"] = (503, {}, problem(503, "Service unavailable"))
+    response = requests.get(f"{base}/x", timeout=5)
+    with pytest.raises(requests.Timeout) as caught:
+        requests.get(f"{base}/slow", timeout=0.2)
+
+    assert isinstance(to_error(response), ServiceUnavailableError)
+    assert isinstance(to_error(caught.value), ServiceTitanTimeoutError)
