@@ -18,7 +18,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check airflow_provider_servicetitan tests dags
+	$(BIN)/ruff format --check .
 
 typecheck: install
 	$(BIN)/mypy
