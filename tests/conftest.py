@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 # Airflow reads its home and settings when first imported: give the test session its own home
@@ -22,8 +23,16 @@ os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", "x6JmDzXLvQ0BT0Y1yT6cJH1gJwYb
 
 import pytest
 import redis
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
 
+from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.client import ServiceTitanClient
+from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
+from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
+from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.sandbox import SandboxConfig, SandboxServer
+from airflow_provider_servicetitan.storage import SyncStore
 
 REDIS_URL = os.environ.get("SERVICETITAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 
@@ -76,3 +85,88 @@ def start_sandbox() -> Iterator[Callable[..., SandboxServer]]:
 @pytest.fixture
 def sandbox(start_sandbox: Callable[..., SandboxServer]) -> SandboxServer:
     return start_sandbox()
+
+
+# Databases: every store test runs on a SQLite file and on the real PostgreSQL (a schema per test).
+POSTGRES_URL = os.environ.get("SERVICETITAN_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        pytest.exit(
+            f"PostgreSQL is required by the storage tests and is not reachable at "
+            f"{make_url(POSTGRES_URL).render_as_string(hide_password=True)} ({exc.__class__.__name__}: {exc}). "
+            "Start one with `scripts/test-services` or set SERVICETITAN_TEST_POSTGRES_URL.",
+            returncode=3,
+        )
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_engine: Engine) -> Iterator[str]:
+    """A URL whose connections see only a fresh schema of their own."""
+    schema = f"st_test_{uuid.uuid4().hex[:12]}"
+    with postgres_engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with postgres_engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    # Fixtures are requested lazily: tmp_path must not be set up for a test that pytest.exit() interrupts.
+    if request.param == "sqlite":
+        tmp_path: Path = request.getfixturevalue("tmp_path")
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SyncStore]:
+    with SyncStore(store_url) as sync_store:
+        sync_store.create_tables()
+        yield sync_store
+
+
+@pytest.fixture
+def make_client(redis_client: redis.Redis, key_prefix: str) -> Iterator[Callable[..., ServiceTitanClient]]:
+    """Build a client for a credential with fast, deterministic-enough test settings."""
+    clients: list[ServiceTitanClient] = []
+
+    def make(
+        credentials: ServiceTitanCredentials,
+        *,
+        shared: redis.Redis | None = redis_client,
+        retry_policy: RetryPolicy | None = None,
+        breaker_config: BreakerConfig | None = None,
+        **token_args: Any,
+    ) -> ServiceTitanClient:
+        tokens = TokenManager(credentials, shared, namespace=key_prefix, **token_args)
+        breaker = CircuitBreaker(
+            f"tenant-{credentials.tenant_id}",
+            shared,
+            config=breaker_config or BreakerConfig(failure_threshold=50, minimum_calls=1000),
+            namespace=key_prefix,
+        )
+        client = ServiceTitanClient(
+            tokens,
+            breaker=breaker,
+            retry_policy=retry_policy or RetryPolicy(max_attempts=8, base_delay=0.01, max_delay=0.05, max_elapsed=30),
+            timeout=(2.0, 5.0),
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any
 
@@ -29,7 +29,7 @@ from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import CredentialValidationError, ServiceTitanError
 from airflow_provider_servicetitan.get_provider_info import CONNECTION_TYPE
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
-from airflow_provider_servicetitan.resilience.retry import RetryPolicy
+from airflow_provider_servicetitan.resilience.retry import RetryEvent, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class ServiceTitanHook(BaseHook):
     :param namespace: prefix of every Redis key.
     :param token_encryption_key: Fernet key(s), comma-separated, for tokens in Redis. Default: the
         Airflow ``[core] fernet_key``, else a key derived from the client secret.
+    :param timeout: (connect, read) timeouts of API calls, in seconds.
+    :param retry_listener: called before each retry of an API call (metrics, sync log counts).
     """
 
     conn_name_attr = "servicetitan_conn_id"
@@ -70,6 +72,7 @@ class ServiceTitanHook(BaseHook):
         namespace: str = "servicetitan",
         token_encryption_key: str | None = None,
         timeout: tuple[float, float] = (5.0, 60.0),
+        retry_listener: Callable[[RetryEvent], None] | None = None,
     ) -> None:
         super().__init__()
         self.servicetitan_conn_id = servicetitan_conn_id
@@ -79,6 +82,7 @@ class ServiceTitanHook(BaseHook):
         self.namespace = namespace
         self._token_encryption_key = token_encryption_key
         self.timeout = timeout
+        self._retry_listener = retry_listener
 
     @cached_property
     def _extra(self) -> dict[str, Any]:
@@ -156,6 +160,8 @@ class ServiceTitanHook(BaseHook):
     def _client(self) -> ServiceTitanClient:
         credentials = self.get_credentials()
         retry_policy = self.get_retry_policy()
+        if self._retry_listener is not None:
+            retry_policy = retry_policy.with_overrides(listener=self._retry_listener)
         breaker_config = self.get_breaker_config()
         redis_client = self.get_redis()
         tokens = TokenManager(

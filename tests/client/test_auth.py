@@ -12,7 +12,7 @@ import redis
 from airflow_provider_servicetitan.client.auth import TokenManager, token_fingerprint
 from airflow_provider_servicetitan.errors import InvalidCredentialsError, TokenRefreshError
 from tests.client import workers
-from tests.client.conftest import credentials_for
+from tests.helpers import credentials_for
 
 CTX = multiprocessing.get_context("spawn")
 

@@ -17,7 +17,7 @@ from airflow_provider_servicetitan.errors import (
 )
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig
 from airflow_provider_servicetitan.resilience.retry import RetryEvent, RetryPolicy
-from tests.client.conftest import credentials_for
+from tests.helpers import credentials_for
 
 
 def truth_ids(sandbox, tenant_id: int, resource: str, *, include_deleted: bool) -> list[int]:

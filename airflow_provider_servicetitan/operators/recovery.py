@@ -1,0 +1,78 @@
+"""ServiceTitanRecoveryOperator: re-process the records a sync parked, whatever upstream did."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
+from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
+from airflow_provider_servicetitan.sync.recovery import recover_dead_letters
+
+
+class ServiceTitanRecoveryOperator(BaseOperator):
+    """Re-fetch every open dead letter of a credential by id and store the ones that are now valid.
+
+    Runs whatever happened upstream (``trigger_rule="all_done"`` by default) and is always safe to
+    run again. Returns (XCom) ``{credential, status, attempted, recovered, failed, needs_attention}``
+    where ``status`` is ``success``, ``partial`` or ``failure``.
+
+    :param servicetitan_conn_id: the credential's ServiceTitan connection (templated).
+    :param warehouse_conn_id: the warehouse the sync wrote to (templated).
+    :param redis_conn_id: Redis for shared tokens and breaker; ``None`` for per-process state.
+    :param redis_namespace: prefix of the Redis keys (tokens, breakers).
+    :param table_prefix: prefix of the warehouse tables.
+    :param max_attempts: recovery attempts per record before it is left for a person.
+    """
+
+    template_fields: Sequence[str] = ("servicetitan_conn_id", "warehouse_conn_id")
+    ui_color = "#9bd4a4"
+
+    def __init__(
+        self,
+        *,
+        servicetitan_conn_id: str,
+        warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
+        redis_conn_id: str | None = "redis_default",
+        redis_namespace: str = "servicetitan",
+        table_prefix: str = "servicetitan",
+        max_attempts: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.servicetitan_conn_id = servicetitan_conn_id
+        self.warehouse_conn_id = warehouse_conn_id
+        self.redis_conn_id = redis_conn_id
+        self.redis_namespace = redis_namespace
+        self.table_prefix = table_prefix
+        self.max_attempts = max_attempts
+
+    def execute(self, context: Context) -> dict[str, object]:
+        store = open_store(self.warehouse_conn_id, table_prefix=self.table_prefix)
+        try:
+            client = ServiceTitanHook(
+                self.servicetitan_conn_id, self.redis_conn_id, namespace=self.redis_namespace
+            ).get_conn()
+            result = recover_dead_letters(
+                client,
+                store,
+                credential=self.servicetitan_conn_id,
+                run_id=str(context["run_id"]),
+                max_attempts=self.max_attempts,
+            )
+        finally:
+            store.close()
+        if result.needs_attention:
+            self.log.warning(
+                "%d record(s) of %s could not be recovered after %d attempts and need a person: "
+                "see the servicetitan_dead_letters table",
+                result.needs_attention,
+                self.servicetitan_conn_id,
+                self.max_attempts,
+            )
+        return result.as_dict()

@@ -1,0 +1,173 @@
+"""ServiceTitanSyncOperator: sync one credential's resources into the warehouse.
+
+Errors become Airflow outcomes: a credential ServiceTitan rejects, or a misconfigured connection,
+fails the task at once (no Airflow retries) and marks the credential ``needs_attention``; later
+runs skip it, recorded, until its secret changes. Retryable failures leave each checkpoint where
+it was and let Airflow retry with exponential backoff; the other resources still sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, NoReturn
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from airflow_provider_servicetitan.client.client import ServiceTitanClient
+from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES, RESOURCES
+from airflow_provider_servicetitan.errors import CredentialValidationError, InvalidCredentialsError
+from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
+from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
+from airflow_provider_servicetitan.resilience.breaker import BreakerConfig
+from airflow_provider_servicetitan.resilience.retry import RetryPolicy
+from airflow_provider_servicetitan.storage.store import SyncStore
+from airflow_provider_servicetitan.sync.engine import ResourceSummary, SyncEvents, sync_resource
+
+# Airflow-level retries for failures the in-call retries could not fix (outage, open circuit).
+_TASK_RETRY_DEFAULTS: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
+
+
+class ServiceTitanSyncOperator(BaseOperator):
+    """Sync ServiceTitan resources of one credential from their export feeds.
+
+    :param servicetitan_conn_id: the credential's ServiceTitan connection (templated).
+    :param servicetitan_resources: resources to sync, default every exportable one (templated).
+        Not called ``resources``: that name is BaseOperator's (executor resources).
+    :param warehouse_conn_id: where data goes: a ``sqlite`` or ``postgres`` connection (templated).
+    :param redis_conn_id: Redis for shared tokens and breaker; ``None`` for per-process state.
+    :param redis_namespace: prefix of the Redis keys (tokens, breakers).
+    :param table_prefix: prefix of the warehouse tables.
+    :param retry_preset: ``default`` | ``aggressive`` | ``conservative``; overrides the connection.
+    :param breaker_config: overrides the connection's breaker settings.
+    :param include_recent_changes: ask the export feeds for changes of the last minutes too.
+
+    Returns (XCom) ``{resource: {status, pages, processed, successful, failed, message}}``.
+    """
+
+    template_fields: Sequence[str] = ("servicetitan_conn_id", "servicetitan_resources", "warehouse_conn_id")
+    ui_color = "#f4b942"
+
+    def __init__(
+        self,
+        *,
+        servicetitan_conn_id: str,
+        servicetitan_resources: Sequence[str] | None = None,
+        warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
+        redis_conn_id: str | None = "redis_default",
+        redis_namespace: str = "servicetitan",
+        table_prefix: str = "servicetitan",
+        retry_preset: str | None = None,
+        breaker_config: BreakerConfig | None = None,
+        include_recent_changes: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        for name, value in _TASK_RETRY_DEFAULTS.items():
+            kwargs.setdefault(name, value)
+        super().__init__(**kwargs)
+        self.servicetitan_conn_id = servicetitan_conn_id
+        self.servicetitan_resources = (
+            list(servicetitan_resources) if servicetitan_resources is not None else list(EXPORTABLE_RESOURCES)
+        )
+        self.warehouse_conn_id = warehouse_conn_id
+        self.redis_conn_id = redis_conn_id
+        self.redis_namespace = redis_namespace
+        self.table_prefix = table_prefix
+        self.retry_preset = retry_preset
+        self.breaker_config = breaker_config
+        self.include_recent_changes = include_recent_changes
+
+    def execute(self, context: Context) -> dict[str, dict[str, object]]:
+        self._check_resources()
+        credential = self.servicetitan_conn_id
+        run_id = str(context["run_id"])
+        store = open_store(self.warehouse_conn_id, table_prefix=self.table_prefix)
+        try:
+            events = SyncEvents()
+            hook = ServiceTitanHook(
+                credential,
+                self.redis_conn_id,
+                retry_policy=RetryPolicy.preset(self.retry_preset) if self.retry_preset else None,
+                breaker_config=self.breaker_config,
+                namespace=self.redis_namespace,
+                retry_listener=events.on_retry,
+            )
+            try:
+                fingerprint = hook.get_credentials().secret_fingerprint
+            except CredentialValidationError as invalid:
+                self._needs_attention(store, str(invalid), None)
+            self._skip_if_known_bad(store, fingerprint, run_id)
+            try:
+                client = hook.get_conn()
+            except CredentialValidationError as invalid:
+                self._needs_attention(store, str(invalid), fingerprint)
+            client.breaker.add_listener(events.on_transition)
+            return self._sync_all(client, store, run_id, fingerprint, events)
+        finally:
+            store.close()
+
+    def _sync_all(
+        self, client: ServiceTitanClient, store: SyncStore, run_id: str, fingerprint: str, events: SyncEvents
+    ) -> dict[str, dict[str, object]]:
+        credential = self.servicetitan_conn_id
+        summaries: dict[str, ResourceSummary] = {}
+        first_error: Exception | None = None
+        for resource in self.servicetitan_resources:
+            try:
+                summaries[resource] = sync_resource(
+                    client,
+                    store,
+                    credential=credential,
+                    resource=resource,
+                    run_id=run_id,
+                    include_recent_changes=self.include_recent_changes,
+                    events=events,
+                )
+            except InvalidCredentialsError as rejected:
+                self._needs_attention(store, str(rejected), fingerprint)
+            except Exception as error:
+                self.log.warning("Sync of %s failed (%s); continuing with the other resources", resource, error)
+                summaries[resource] = ResourceSummary(resource, "failed", message=f"{type(error).__name__}: {error}")
+                first_error = first_error or error
+        skipped = [name for name, summary in summaries.items() if summary.status == "skipped"]
+        if first_error is not None or skipped:
+            reason = "; ".join(f"{s.resource}: {s.message}" for s in summaries.values() if s.status != "success")
+            store.set_credential_status(credential, "degraded", reason, fingerprint)
+        else:
+            store.set_credential_status(credential, "ok", None, fingerprint)
+        result = {name: summary.as_dict() for name, summary in summaries.items()}
+        self.log.info("Sync summary for %s: %s", credential, result)
+        if first_error is not None:
+            raise first_error
+        return result
+
+    def _check_resources(self) -> None:
+        unknown = [name for name in self.servicetitan_resources if name not in RESOURCES]
+        not_exportable = [
+            name for name in self.servicetitan_resources if name in RESOURCES and not RESOURCES[name].exportable
+        ]
+        if unknown or not_exportable:
+            raise AirflowFailException(
+                f"resources must be exportable ServiceTitan resources ({', '.join(EXPORTABLE_RESOURCES)}); "
+                f"unknown: {unknown or 'none'}, without export feed: {not_exportable or 'none'}"
+            )
+
+    def _skip_if_known_bad(self, store: SyncStore, fingerprint: str, run_id: str) -> None:
+        status = store.get_credential_status(self.servicetitan_conn_id)
+        if status is None or status.status != "needs_attention" or status.secret_fingerprint != fingerprint:
+            return
+        reason = f"credential needs attention since {status.since:%Y-%m-%d %H:%M} UTC: {status.reason}"
+        for resource in self.servicetitan_resources:
+            store.start_run(run_id, self.servicetitan_conn_id, resource)
+            store.finish_run(run_id, self.servicetitan_conn_id, resource, "skipped", reason)
+        raise AirflowSkipException(f"{reason}. Fix the connection's secret or credentials to resume.")
+
+    def _needs_attention(self, store: SyncStore, reason: str, fingerprint: str | None) -> NoReturn:
+        store.set_credential_status(self.servicetitan_conn_id, "needs_attention", reason, fingerprint)
+        raise AirflowFailException(f"{self.servicetitan_conn_id} needs attention: {reason}")

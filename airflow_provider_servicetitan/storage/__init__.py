@@ -1,0 +1,30 @@
+"""The sync store: records, checkpoints, dead letters, run log and credential health (SQLAlchemy, no Airflow)."""
+
+from airflow_provider_servicetitan.storage.models import (
+    Checkpoint,
+    CredentialState,
+    CredentialStatus,
+    DeadLetter,
+    DeadLetterIn,
+    RunLog,
+    RunStatus,
+    StoredRecord,
+    raw_text,
+)
+from airflow_provider_servicetitan.storage.schema import SCHEMA_VERSION
+from airflow_provider_servicetitan.storage.store import SchemaVersionError, SyncStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Checkpoint",
+    "CredentialState",
+    "CredentialStatus",
+    "DeadLetter",
+    "DeadLetterIn",
+    "RunLog",
+    "RunStatus",
+    "SchemaVersionError",
+    "StoredRecord",
+    "SyncStore",
+    "raw_text",
+]

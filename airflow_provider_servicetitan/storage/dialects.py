@@ -1,0 +1,88 @@
+"""What differs between SQLite and PostgreSQL: engine set-up, upserts, and the DDL lock."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, Table, create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+
+Excluded = ReadOnlyColumnCollection[str, KeyedColumnElement[Any]]
+"""The ``excluded`` row of an ``ON CONFLICT ... DO UPDATE``: the values that were to be inserted."""
+
+_SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def create_store_engine(url: str | URL) -> Engine:
+    """An engine for ``url``, set up so that transactions behave the same on both dialects.
+
+    For SQLite, Python's driver would start transactions lazily (only before the first write) and
+    let a reader upgrade to a writer, which fails at once when another process writes. Instead
+    every transaction starts with ``BEGIN IMMEDIATE``: one writer at a time, the others wait up to
+    the busy timeout. An in-memory database is one shared connection, so every thread sees it.
+    """
+    url = make_url(url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_S}}
+    if url.database in (None, "", ":memory:"):
+        options["poolclass"] = StaticPool
+    engine = create_engine(url, **options)
+
+    @event.listens_for(engine, "connect")
+    def _disable_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def upsert(
+    connection: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    conflict: Sequence[str],
+    update: Callable[[Excluded], Mapping[str, Any]],
+    where: Callable[[Excluded], ColumnElement[bool]] | None = None,
+    index_where: ColumnElement[bool] | None = None,
+) -> None:
+    """``INSERT ... ON CONFLICT (conflict) DO UPDATE SET update(excluded) [WHERE where(excluded)]``.
+
+    ``rows`` must not repeat a conflict key: PostgreSQL refuses to update one row twice in one statement.
+    """
+    if not rows:
+        return
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c[name] for name in conflict],
+        index_where=index_where,
+        set_=dict(update(excluded)),
+        where=where(excluded) if where is not None else None,
+    )
+    connection.execute(statement, list(rows))
+
+
+def lock_for_ddl(connection: Connection, name: str) -> None:
+    """Serialise table creation for ``name`` until the current transaction ends.
+
+    PostgreSQL: a transaction-scoped advisory lock, because two workers creating the same table at
+    once would otherwise fail on a duplicate catalogue entry. SQLite needs nothing more: every
+    transaction of a store engine already holds the database's write lock (``BEGIN IMMEDIATE``).
+    """
+    if connection.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"airflow-provider-servicetitan:{name}".encode()).digest()
+        connection.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))

@@ -1,0 +1,140 @@
+"""What goes into the sync store and what comes out of it: plain frozen dataclasses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from airflow_provider_servicetitan.errors import RecordValidationError
+
+CredentialState = Literal["ok", "degraded", "needs_attention"]
+RunStatus = Literal["success", "partial", "failed", "skipped"]
+"""How a (run, credential, resource) ended; its log row says ``running`` until then."""
+RUN_STATUSES: tuple[RunStatus, ...] = ("success", "partial", "failed", "skipped")
+
+
+def raw_text(raw: object) -> str:
+    """The raw payload of a bad record as text: kept as is when it is text, else as JSON.
+
+    Nothing is lost: values JSON cannot hold (``NaN``, odd types) are written in a readable form.
+    """
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="backslashreplace")
+    return json.dumps(raw, ensure_ascii=False, default=repr)
+
+
+@dataclass(frozen=True)
+class DeadLetterIn:
+    """A record that could not be stored, to be parked.
+
+    :param record_id: the record's id as text, even a malformed one; ``None`` when it had none.
+    :param raw: the record as received (see :func:`raw_text`).
+    :param error_class: name of the exception that rejected it.
+    :param message: what was wrong.
+    :param trace_id: ServiceTitan ``traceId`` of the answer that carried it, if known.
+    """
+
+    record_id: str | None
+    raw: str
+    error_class: str
+    message: str
+    trace_id: str | None = None
+
+    @classmethod
+    def from_error(cls, raw: object, error: Exception, *, trace_id: str | None = None) -> DeadLetterIn:
+        """Build from the raw record and the error; the id comes from a ``RecordValidationError``."""
+        record_id = error.record_id if isinstance(error, RecordValidationError) else None
+        return cls(
+            record_id=None if record_id is None else raw_text(record_id),
+            raw=raw_text(raw),
+            error_class=type(error).__name__,
+            message=str(error),
+            trace_id=trace_id,
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A parked record as stored. ``attempts`` counts failed recovery attempts (0 when parked)."""
+
+    id: int
+    credential: str
+    tenant_id: int
+    resource: str
+    record_id: str | None
+    raw: str
+    error_class: str
+    message: str
+    trace_id: str | None
+    attempts: int
+    first_seen: datetime
+    last_seen: datetime
+    resolved_at: datetime | None
+    resolved_run_id: str | None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the sync of one (credential, resource) resumes.
+
+    :param continue_from: the export feed's last committed ``continueFrom`` token, if any.
+    :param last_modified_on: the newest ``modifiedOn`` committed so far.
+    :param tenant_id: the tenant the checkpoint was taken for.
+    """
+
+    credential: str
+    resource: str
+    tenant_id: int
+    continue_from: str | None
+    last_modified_on: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """The counts of one (run, credential, resource); ``status`` is ``running`` or a :data:`RunStatus`."""
+
+    run_id: str
+    credential: str
+    resource: str
+    status: str
+    pages: int
+    records_processed: int
+    records_successful: int
+    records_failed: int
+    records_recovered: int
+    retries: int
+    breaker_events: int
+    started_at: datetime
+    finished_at: datetime | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class CredentialStatus:
+    """Health of one credential. ``since`` is when it entered ``status``."""
+
+    credential: str
+    status: str
+    since: datetime
+    reason: str | None
+    secret_fingerprint: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One synced record as stored."""
+
+    tenant_id: int
+    id: int
+    modified_on: datetime
+    active: bool
+    deleted: bool
+    payload: dict[str, Any]
+    synced_at: datetime
+    run_id: str

@@ -1,0 +1,1 @@
+"""Syncing ServiceTitan resources into the sync store."""

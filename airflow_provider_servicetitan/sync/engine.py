@@ -1,0 +1,142 @@
+"""Checkpointed sync of one credential's resources from their export feeds (no Airflow import).
+
+For each page: every record is validated; the valid ones are upserted and the page's
+``continueFrom`` saved in the same transaction, the invalid ones parked as dead letters in it too.
+Only one page is in memory. A failure leaves the checkpoint at the last committed page, so a retry
+resumes there, and because writes are upserts by (tenant, id), re-running never duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from airflow_provider_servicetitan.client.client import ExportPage, ServiceTitanClient
+from airflow_provider_servicetitan.client.resources import get_resource
+from airflow_provider_servicetitan.errors import PermissionDeniedError, RecordValidationError
+from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
+from airflow_provider_servicetitan.resilience.retry import RetryEvent
+from airflow_provider_servicetitan.storage.models import DeadLetterIn, RunStatus
+from airflow_provider_servicetitan.storage.store import SyncStore
+from airflow_provider_servicetitan.sync.records import ValidRecord, validate_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResourceSummary:
+    """What one resource's sync did in this try: small, no record data, safe for XCom."""
+
+    resource: str
+    status: RunStatus
+    pages: int = 0
+    processed: int = 0
+    successful: int = 0
+    failed: int = 0
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class SyncEvents:
+    """Counts retries and breaker transitions while a sync runs (hooked to the policy and breaker)."""
+
+    retries: int = 0
+    breaker_events: int = 0
+
+    def on_retry(self, _event: RetryEvent) -> None:
+        self.retries += 1
+
+    def on_transition(self, _transition: BreakerTransition) -> None:
+        self.breaker_events += 1
+
+
+def split_page(resource: str, page: ExportPage) -> tuple[list[ValidRecord], list[DeadLetterIn]]:
+    """Validate every record of a page: the good ones to store, the bad ones to park."""
+    catalogue_entry = get_resource(resource)
+    good: list[ValidRecord] = []
+    bad: list[DeadLetterIn] = []
+    for raw in page.data:
+        try:
+            good.append(validate_record(catalogue_entry, raw))
+        except RecordValidationError as error:
+            bad.append(DeadLetterIn.from_error(raw, error))
+    return good, bad
+
+
+def sync_resource(
+    client: ServiceTitanClient,
+    store: SyncStore,
+    *,
+    credential: str,
+    resource: str,
+    run_id: str,
+    include_recent_changes: bool = False,
+    events: SyncEvents | None = None,
+) -> ResourceSummary:
+    """Sync one resource from its checkpoint to the end of its export feed.
+
+    A 403 (module not licensed) is recorded as ``skipped`` and returned, not raised, so the other
+    resources go on. Any other error is recorded as ``failed`` in the sync log and raised; the
+    checkpoint stays at the last committed page. Retries and breaker transitions that ``events``
+    counts meanwhile are added to the resource's log row.
+    """
+    events = events or SyncEvents()
+    retries_before, breaker_events_before = events.retries, events.breaker_events
+
+    def finish(status: RunStatus, message: str | None) -> None:
+        store.finish_run(
+            run_id,
+            credential,
+            resource,
+            status,
+            message,
+            retries=events.retries - retries_before,
+            breaker_events=events.breaker_events - breaker_events_before,
+        )
+
+    summary = ResourceSummary(resource=resource, status="success")
+    store.start_run(run_id, credential, resource)
+    checkpoint = store.get_checkpoint(credential, resource)
+    start = checkpoint.continue_from if checkpoint else None
+    log.info("Syncing %s for %s from %s", resource, credential, "its checkpoint" if start else "the start")
+    try:
+        for page in client.export(resource, continue_from=start, include_recent_changes=include_recent_changes):
+            good, bad = split_page(resource, page)
+            store.commit_page(
+                credential=credential,
+                tenant_id=client.tenant_id,
+                resource=resource,
+                run_id=run_id,
+                records=good,
+                dead_letters=bad,
+                continue_from=page.continue_from,
+            )
+            summary.pages += 1
+            summary.processed += len(good) + len(bad)
+            summary.successful += len(good)
+            summary.failed += len(bad)
+    except PermissionDeniedError as denied:
+        summary.status = "skipped"
+        summary.message = f"not licensed or not permitted: {denied}"
+        log.warning("Skipping %s for %s: %s", resource, credential, denied)
+    except Exception as error:
+        summary.status = "failed"
+        summary.message = f"{type(error).__name__}: {error}"
+        finish("failed", summary.message)
+        raise
+    if summary.status == "success" and summary.failed:
+        summary.status = "partial"
+        summary.message = f"{summary.failed} record(s) parked as dead letters"
+    finish(summary.status, summary.message)
+    log.info(
+        "Synced %s for %s: %d page(s), %d record(s) stored, %d parked",
+        resource,
+        credential,
+        summary.pages,
+        summary.successful,
+        summary.failed,
+    )
+    return summary
