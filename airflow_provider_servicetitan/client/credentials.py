@@ -95,8 +95,9 @@ class ServiceTitanCredentials:
 
     @property
     def secret_fingerprint(self) -> str:
-        """A one-way fingerprint of the secret: tells that the secret changed without revealing it."""
-        return hashlib.sha256(f"{self.cache_id}|{self.client_secret}".encode()).hexdigest()[:16]
+        """A one-way fingerprint of the secrets (client secret and app key): tells that either
+        changed, e.g. that a person fixed a rejected credential, without revealing them."""
+        return hashlib.sha256(f"{self.cache_id}|{self.client_secret}|{self.app_key}".encode()).hexdigest()[:16]
 
     def secrets(self) -> tuple[str, str]:
         """The values that must be masked wherever they could be printed."""

@@ -210,10 +210,12 @@ class SyncStore:
         letters = self.tables.dead_letters
         return self._fetch_one(DeadLetter, _select(DeadLetter, letters).where(letters.c.id == dead_letter_id))
 
-    def resolve_dead_letter(self, dead_letter_id: int, record: ValidRecord, *, run_id: str) -> bool:
+    def resolve_dead_letter(self, dead_letter_id: int, record: ValidRecord | None, *, run_id: str) -> bool:
         """Store the repaired ``record``, close the dead letter and count it as recovered in ``run_id``'s log.
 
-        Tenant, resource and credential are the dead letter's own. One transaction.
+        ``record=None`` closes a letter whose record no longer exists upstream (it was deleted), so
+        there is nothing left to store. Tenant, resource and credential are the dead letter's own.
+        One transaction.
 
         :returns: ``False`` if the dead letter was already resolved (nothing is written then).
         :raises KeyError: no dead letter has this id.
@@ -229,7 +231,9 @@ class SyncStore:
             ).rowcount
             if not claimed:
                 return False
-            self._upsert_records(conn, self._record_table(letter.resource), letter.tenant_id, run_id, [record], now)
+            if record is not None:
+                table = self._record_table(letter.resource)
+                self._upsert_records(conn, table, letter.tenant_id, run_id, [record], now)
             self._add_to_log(conn, run_id, letter.credential, letter.resource, now, records_recovered=1)
         return True
 

@@ -1,7 +1,9 @@
 """Re-process parked records one by one (no Airflow import).
 
 Each unresolved dead letter of a credential is re-fetched by id through the list endpoint (50 ids a
-request, ``active=Any``) and validated again on its own. Success stores the record and resolves the
+request, ``active=Any``) and validated again on its own. A record the list no longer returns and
+whose parked payload says it was deleted is closed without storing anything: list endpoints never
+return deleted records, and deleted is its final state. Success stores the record and resolves the
 letter in one transaction, counted as recovered in the run's log; failure adds an attempt. After
 ``max_attempts`` failed attempts a letter stays parked and is reported as needing a person.
 Running recovery again is always safe: resolved letters are never touched twice.
@@ -9,6 +11,7 @@ Running recovery again is always safe: resolved letters are never touched twice.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -50,6 +53,15 @@ class RecoveryResult:
 def _numeric_id(letter: DeadLetter) -> int | None:
     text = (letter.record_id or "").strip()
     return int(text) if text.isdigit() else None
+
+
+def _parked_as_deleted(letter: DeadLetter) -> bool:
+    """Whether the parked payload says the record was deleted upstream."""
+    try:
+        raw = json.loads(letter.raw)
+    except ValueError:
+        return False
+    return isinstance(raw, dict) and raw.get("deleted") is True
 
 
 def recover_dead_letters(
@@ -102,6 +114,10 @@ def _recover_resource(
             result.failed += 1
             continue
         if record_id not in fetched:
+            if _parked_as_deleted(letter) and store.resolve_dead_letter(letter.id, None, run_id=run_id):
+                # List endpoints never return deleted records: its final state is known, nothing to store.
+                result.recovered += 1
+                continue
             store.fail_dead_letter(letter.id, "NotFoundError", f"{resource} {record_id} is no longer returned")
             result.failed += 1
             continue
