@@ -28,6 +28,7 @@ from airflow_provider_servicetitan.client.credentials import ServiceTitanCredent
 from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import CredentialValidationError, ServiceTitanError
 from airflow_provider_servicetitan.get_provider_info import CONNECTION_TYPE
+from airflow_provider_servicetitan.metrics import MetricsListener
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
 from airflow_provider_servicetitan.resilience.retry import RetryEvent, RetryPolicy
 
@@ -159,9 +160,10 @@ class ServiceTitanHook(BaseHook):
     @cached_property
     def _client(self) -> ServiceTitanClient:
         credentials = self.get_credentials()
+        metrics = MetricsListener(self.servicetitan_conn_id)
         retry_policy = self.get_retry_policy()
-        if self._retry_listener is not None:
-            retry_policy = retry_policy.with_overrides(listener=self._retry_listener)
+        retry_listeners = [metrics.on_retry, retry_policy.listener, self._retry_listener]
+        retry_policy = retry_policy.with_overrides(listener=_fan_out(retry_listeners))
         breaker_config = self.get_breaker_config()
         redis_client = self.get_redis()
         tokens = TokenManager(
@@ -170,12 +172,14 @@ class ServiceTitanHook(BaseHook):
             fernet=self._fernet(),
             namespace=self.namespace,
             on_token=mask_secret,
+            on_renew=metrics.on_renew,
         )
         breaker = CircuitBreaker(
             f"tenant-{credentials.tenant_id}-{credentials.cache_id[:8]}",
             redis_client,
             config=breaker_config,
             namespace=self.namespace,
+            listeners=(metrics.on_transition,),
         )
         return ServiceTitanClient(tokens, breaker=breaker, retry_policy=retry_policy, timeout=self.timeout)
 
@@ -223,6 +227,17 @@ class ServiceTitanHook(BaseHook):
                 "[core] fernet_key is not a valid Fernet key; tokens in Redis use a key derived from the secret"
             )
         return fernet
+
+
+def _fan_out(listeners: list[Callable[[RetryEvent], None] | None]) -> Callable[[RetryEvent], None]:
+    """One retry listener that calls every given one (metrics, sync log counts, the caller's own)."""
+    chosen = [listener for listener in listeners if listener is not None]
+
+    def notify(event: RetryEvent) -> None:
+        for listener in chosen:
+            listener(event)
+
+    return notify
 
 
 def _multi_fernet(keys: str) -> MultiFernet | None:

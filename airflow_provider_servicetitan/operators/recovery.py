@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
+from airflow_provider_servicetitan import metrics
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
 from airflow_provider_servicetitan.sync.recovery import recover_dead_letters
@@ -67,6 +68,7 @@ class ServiceTitanRecoveryOperator(BaseOperator):
             )
         finally:
             store.close()
+        metrics.emit_recovery(result)
         if result.needs_attention:
             self.log.warning(
                 "%d record(s) of %s could not be recovered after %d attempts and need a person: "

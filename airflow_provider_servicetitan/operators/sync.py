@@ -8,6 +8,7 @@ it was and let Airflow retry with exponential backoff; the other resources still
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, NoReturn
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from airflow_provider_servicetitan import metrics
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES, RESOURCES
 from airflow_provider_servicetitan.errors import CredentialValidationError, InvalidCredentialsError
@@ -119,6 +121,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         summaries: dict[str, ResourceSummary] = {}
         first_error: Exception | None = None
         for resource in self.servicetitan_resources:
+            started = time.monotonic()
             try:
                 summaries[resource] = sync_resource(
                     client,
@@ -130,11 +133,14 @@ class ServiceTitanSyncOperator(BaseOperator):
                     events=events,
                 )
             except InvalidCredentialsError as rejected:
+                metrics.count_error(credential, rejected)
                 self._needs_attention(store, str(rejected), fingerprint)
             except Exception as error:
+                metrics.count_error(credential, error)
                 self.log.warning("Sync of %s failed (%s); continuing with the other resources", resource, error)
                 summaries[resource] = ResourceSummary(resource, "failed", message=f"{type(error).__name__}: {error}")
                 first_error = first_error or error
+            metrics.emit_resource_summary(credential, summaries[resource], time.monotonic() - started)
         skipped = [name for name, summary in summaries.items() if summary.status == "skipped"]
         if first_error is not None or skipped:
             reason = "; ".join(f"{s.resource}: {s.message}" for s in summaries.values() if s.status != "success")
