@@ -36,6 +36,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_servicetitan.hooks.servicetitan"],
             }
         ],
+        "notifications": ["airflow_provider_servicetitan.notifications.notifier.ServiceTitanAlertNotifier"],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_servicetitan.hooks.servicetitan.ServiceTitanHook",

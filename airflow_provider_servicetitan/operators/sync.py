@@ -22,6 +22,9 @@ from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES,
 from airflow_provider_servicetitan.errors import CredentialValidationError, InvalidCredentialsError
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
+from airflow_provider_servicetitan.notifications.alerts import AlertKind
+from airflow_provider_servicetitan.notifications.classify import resolved_alert
+from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.storage.store import SyncStore
@@ -34,6 +37,10 @@ _TASK_RETRY_DEFAULTS: dict[str, Any] = {
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=30),
 }
+
+
+# Incidents a clean sync ends. Too many dead letters ends only when the report sees fewer.
+_RESOLVED_BY_A_CLEAN_SYNC = (AlertKind.NEEDS_ATTENTION, AlertKind.RETRIES_EXHAUSTED, AlertKind.CIRCUIT_OPENED)
 
 
 class ServiceTitanSyncOperator(BaseOperator):
@@ -49,6 +56,8 @@ class ServiceTitanSyncOperator(BaseOperator):
     :param retry_preset: ``default`` | ``aggressive`` | ``conservative``; overrides the connection.
     :param breaker_config: overrides the connection's breaker settings.
     :param include_recent_changes: ask the export feeds for changes of the last minutes too.
+    :param alert_notifier: alerted when this task's calls open the credential's circuit breaker
+        (once per transition across all workers), and told when the credential syncs cleanly.
 
     Returns (XCom) ``{resource: {status, pages, processed, successful, failed, message}}``.
     """
@@ -68,6 +77,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         retry_preset: str | None = None,
         breaker_config: BreakerConfig | None = None,
         include_recent_changes: bool = False,
+        alert_notifier: ServiceTitanAlertNotifier | None = None,
         **kwargs: Any,
     ) -> None:
         for name, value in _TASK_RETRY_DEFAULTS.items():
@@ -84,6 +94,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         self.retry_preset = retry_preset
         self.breaker_config = breaker_config
         self.include_recent_changes = include_recent_changes
+        self.alert_notifier = alert_notifier
 
     def execute(self, context: Context) -> dict[str, dict[str, object]]:
         self._check_resources()
@@ -110,6 +121,9 @@ class ServiceTitanSyncOperator(BaseOperator):
             except CredentialValidationError as invalid:
                 self._needs_attention(store, str(invalid), fingerprint)
             client.breaker.add_listener(events.on_transition)
+            if self.alert_notifier is not None:
+                tenant = str(client.tenant_id)
+                client.breaker.add_listener(self.alert_notifier.transition_listener(credential, tenant_id=tenant))
             return self._sync_all(client, store, run_id, fingerprint, events)
         finally:
             store.close()
@@ -147,6 +161,9 @@ class ServiceTitanSyncOperator(BaseOperator):
             store.set_credential_status(credential, "degraded", reason, fingerprint)
         else:
             store.set_credential_status(credential, "ok", None, fingerprint)
+            if self.alert_notifier is not None:
+                for kind in _RESOLVED_BY_A_CLEAN_SYNC:
+                    self.alert_notifier.send(resolved_alert(credential, kind, tenant_id=str(client.tenant_id)))
         result = {name: summary.as_dict() for name, summary in summaries.items()}
         self.log.info("Sync summary for %s: %s", credential, result)
         if first_error is not None:

@@ -1,0 +1,228 @@
+"""The Airflow notifier: a failed task or a breaker that opens becomes one alert per incident.
+
+Use it as ``on_failure_callback`` (not ``on_retry_callback``: a retry is not an incident yet), and
+call :meth:`ServiceTitanAlertNotifier.send` from code that detects incidents itself (the breaker
+listener, the report task). Every alert goes to the task log; a webhook and email are optional.
+A failing channel, Redis or a bug here never fails the task or the callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import redis
+from airflow.sdk import BaseNotifier
+
+from airflow_provider_servicetitan.notifications.alerts import Alert, AlertKind, DetailValue
+from airflow_provider_servicetitan.notifications.channels import (
+    AlertChannel,
+    EmailChannel,
+    WebhookChannel,
+    describe_failure,
+)
+from airflow_provider_servicetitan.notifications.classify import (
+    alert_from_exception,
+    alert_from_transition,
+    find_servicetitan_error,
+)
+from airflow_provider_servicetitan.notifications.dedup import AlertDeduplicator
+from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+__all__ = ["ServiceTitanAlertNotifier"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceTitanAlertNotifier(BaseNotifier):
+    """Send ServiceTitan alerts to the log, a webhook and email, once per incident.
+
+    :param webhook_conn_id: Airflow HTTP connection of a Slack-compatible incoming webhook (its
+        host may be the whole webhook URL); ``None``: no webhook.
+    :param webhook_endpoint: path after the connection's base URL, if the host does not hold it.
+    :param email_to: recipient(s) of alert emails; ``None``: no email.
+    :param smtp_conn_id: Airflow SMTP connection for email.
+    :param email_from: sender address; default the SMTP connection's ``from_email``.
+    :param redis_conn_id: Airflow Redis connection shared by all workers for deduplication;
+        ``None`` deduplicates within each process only.
+    :param namespace: prefix of the Redis keys.
+    :param dedup_window_seconds: an incident alerts at most once per window.
+    :param credential: the credential a failure callback reports; default the task's
+        ``servicetitan_conn_id`` (attribute, or ``op_kwargs`` of a Python task).
+    :param webhook_timeout: seconds to wait for the webhook.
+    """
+
+    template_fields: Sequence[str] = ("webhook_conn_id", "webhook_endpoint", "email_to", "smtp_conn_id")
+
+    def __init__(
+        self,
+        *,
+        webhook_conn_id: str | None = None,
+        webhook_endpoint: str | None = None,
+        email_to: str | list[str] | None = None,
+        smtp_conn_id: str = "smtp_default",
+        email_from: str | None = None,
+        redis_conn_id: str | None = "redis_default",
+        namespace: str = "servicetitan",
+        dedup_window_seconds: float = 3600.0,
+        credential: str | None = None,
+        webhook_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.webhook_conn_id = webhook_conn_id
+        self.webhook_endpoint = webhook_endpoint
+        self.email_to = email_to
+        self.smtp_conn_id = smtp_conn_id
+        self.email_from = email_from
+        self.redis_conn_id = redis_conn_id
+        self.namespace = namespace
+        self.dedup_window_seconds = dedup_window_seconds
+        self.credential = credential
+        self.webhook_timeout = webhook_timeout
+
+    @cached_property
+    def dedup(self) -> AlertDeduplicator:
+        """The deduplicator, connected on first use (never when the DAG file is parsed)."""
+        return AlertDeduplicator(
+            self._redis_client(), namespace=self.namespace, window_seconds=self.dedup_window_seconds
+        )
+
+    def _redis_client(self) -> redis.Redis | None:
+        if self.redis_conn_id is None:
+            return None
+        from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
+
+        try:
+            return ServiceTitanHook(redis_conn_id=self.redis_conn_id).get_redis()
+        except Exception as error:
+            logger.warning(
+                "alert deduplication: cannot use the Redis connection %r (%s); deduplicating in this process only",
+                self.redis_conn_id,
+                describe_failure(error),
+            )
+            return None
+
+    @property
+    def channels(self) -> list[AlertChannel]:
+        """The configured channels besides the log."""
+        channels: list[AlertChannel] = []
+        if self.webhook_conn_id:
+            channels.append(
+                WebhookChannel(self.webhook_conn_id, endpoint=self.webhook_endpoint, timeout=self.webhook_timeout)
+            )
+        if self.email_to:
+            channels.append(EmailChannel(self.email_to, smtp_conn_id=self.smtp_conn_id, from_email=self.email_from))
+        return channels
+
+    def notify(self, context: Context) -> None:
+        """Alert about the failed task of ``context``, if its exception calls a person."""
+        try:
+            alert = self.alert_from_context(context)
+        except Exception:
+            logger.exception("could not build a ServiceTitan alert from the task context")
+            return
+        if alert is not None:
+            self.send(alert)
+
+    def alert_from_context(self, context: Context | Mapping[str, Any]) -> Alert | None:
+        """The alert for a failure callback's context (``exception``, ``ti``, ``task``), or ``None``."""
+        exception = context.get("exception")
+        if not isinstance(exception, BaseException):
+            return None
+        ti = context.get("ti")
+        task = context.get("task")
+        alert = alert_from_exception(
+            exception, credential=self._credential_for(task, ti, exception), log_url=_log_url(ti)
+        )
+        if alert is None:
+            logger.info("%s is not an incident for a person: no ServiceTitan alert", type(exception).__name__)
+            return None
+        return alert.with_details(**_task_details(ti))
+
+    def _credential_for(self, task: object, ti: object, exception: BaseException) -> str:
+        if self.credential:
+            return self.credential
+        op_kwargs = getattr(task, "op_kwargs", None)
+        candidates = [
+            getattr(task, "servicetitan_conn_id", None),
+            op_kwargs.get("servicetitan_conn_id") if isinstance(op_kwargs, Mapping) else None,
+            getattr(find_servicetitan_error(exception), "conn_id", None),
+        ]
+        for candidate in candidates:
+            if isinstance(candidate, str) and candidate:
+                return candidate
+        return f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')}"
+
+    def transition_listener(
+        self, credential: str, *, tenant_id: str | None = None
+    ) -> Callable[[BreakerTransition], None]:
+        """A circuit breaker listener that alerts when the breaker of ``credential`` opens."""
+
+        def listener(transition: BreakerTransition) -> None:
+            alert = alert_from_transition(transition, credential=credential, tenant_id=tenant_id)
+            if alert is not None:
+                self.send(alert)
+
+        return listener
+
+    def send(self, alert: Alert) -> bool:
+        """Send ``alert`` unless its incident already alerted in this window.
+
+        A ``resolved`` alert is sent only if the credential has open incidents (of the kind it
+        resolves), which it closes. Returns whether the alert was sent (to the log at least);
+        never raises.
+        """
+        try:
+            if alert.kind is AlertKind.RESOLVED:
+                closed = self.dedup.close_incidents(alert.credential, alert.resolves)
+                if not closed:
+                    logger.debug("%s: no open incident, no resolved message", alert.credential)
+                    return False
+                alert = alert.with_details(closed=", ".join(closed))
+            elif not self.dedup.first_in_window(alert.incident_key, credential=alert.credential, kind=alert.kind):
+                logger.info("ServiceTitan alert %r already sent in this window; not repeated", alert.title)
+                return False
+            if not self._deliver(alert) and alert.kind is not AlertKind.RESOLVED:
+                # Nobody got it: let the next occurrence try again rather than stay silent for a window.
+                self.dedup.forget(alert.incident_key)
+        except Exception:
+            logger.exception("could not send the ServiceTitan alert %r", alert.title)
+            return False
+        return True
+
+    def _deliver(self, alert: Alert) -> bool:
+        """Log ``alert`` and hand it to every channel; whether a channel (if any) delivered it."""
+        level = logging.INFO if alert.kind is AlertKind.RESOLVED else logging.ERROR
+        logger.log(level, "%s", alert.as_text())
+        channels = self.channels
+        delivered = 0
+        for channel in channels:
+            try:
+                channel.deliver(alert)
+            except Exception as error:
+                logger.error("ServiceTitan alert %r: %s failed: %s", alert.title, channel.name, describe_failure(error))
+            else:
+                delivered += 1
+        return delivered > 0 or not channels
+
+
+def _log_url(ti: object) -> str | None:
+    try:
+        url = getattr(ti, "log_url", None)
+    except Exception:
+        return None
+    return url if isinstance(url, str) and url else None
+
+
+def _task_details(ti: object) -> dict[str, DetailValue]:
+    details: dict[str, DetailValue] = {}
+    for name in ("dag_id", "task_id", "run_id", "map_index", "try_number"):
+        value = getattr(ti, name, None)
+        if isinstance(value, str | int) and not (name == "map_index" and value == -1):
+            details[name] = value
+    return details

@@ -1,0 +1,177 @@
+"""Deduplication through the real Redis: one claim per incident and window, across clients."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from airflow_provider_servicetitan.notifications.dedup import AlertDeduplicator
+
+from .servers import closed_port
+
+INCIDENT = "servicetitan_acme|retries_exhausted|ServiceTitanServerError"
+CRED = "servicetitan_acme"
+
+
+@pytest.fixture
+def make_dedup(redis_url: str, key_prefix: str) -> Callable[..., AlertDeduplicator]:
+    """A deduplicator with a client of its own, as each worker has."""
+    clients: list[redis.Redis] = []
+
+    def make(**kwargs: object) -> AlertDeduplicator:
+        client = redis.Redis.from_url(redis_url)
+        clients.append(client)
+        return AlertDeduplicator(client, namespace=key_prefix, **kwargs)  # type: ignore[arg-type]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def dead_redis() -> redis.Redis:
+    return redis.Redis(
+        host="127.0.0.1",
+        port=closed_port(),
+        socket_connect_timeout=0.2,
+        socket_timeout=0.2,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def test_an_incident_is_claimed_once_across_clients(make_dedup) -> None:
+    first, second = make_dedup(), make_dedup()
+
+    assert first.first_in_window(INCIDENT)
+    assert not second.first_in_window(INCIDENT)
+    assert not first.first_in_window(INCIDENT)
+    assert second.first_in_window(INCIDENT.replace("ServiceTitanServerError", "ServiceTitanTimeoutError"))
+
+
+def test_racing_threads_claim_an_incident_exactly_once(make_dedup) -> None:
+    dedups = [make_dedup() for _ in range(16)]
+    barrier = threading.Barrier(len(dedups))
+    claims: list[bool] = []
+
+    def claim(dedup: AlertDeduplicator) -> None:
+        barrier.wait(30)
+        claims.append(dedup.first_in_window(INCIDENT))
+
+    threads = [threading.Thread(target=claim, args=(dedup,)) for dedup in dedups]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(claims) == [False] * 15 + [True]
+
+
+def test_the_window_is_a_ttl_on_the_claim(make_dedup, redis_client: redis.Redis) -> None:
+    dedup = make_dedup(window_seconds=900, open_incident_ttl_seconds=7200)
+
+    dedup.first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+
+    assert 899_000 < redis_client.pttl(dedup.alert_key(INCIDENT)) <= 900_000
+    assert 7_199_000 < redis_client.pttl(dedup.open_key(CRED)) <= 7_200_000
+
+
+def test_keys_are_namespaced_and_hold_no_clear_identifier(make_dedup, redis_client: redis.Redis, key_prefix) -> None:
+    dedup = make_dedup()
+
+    dedup.first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+
+    keys = sorted(key.decode() for key in redis_client.scan_iter(match=f"{key_prefix}:*"))
+    assert keys == sorted([dedup.alert_key(INCIDENT), dedup.open_key(CRED)])
+    assert all(CRED not in key and "retries_exhausted" not in key for key in keys)
+    assert all(redis_client.pttl(key) > 0 for key in keys)
+
+
+def test_forget_ends_the_window(make_dedup) -> None:
+    dedup = make_dedup()
+    assert dedup.first_in_window(INCIDENT)
+
+    dedup.forget(INCIDENT)
+
+    assert dedup.first_in_window(INCIDENT)
+    assert not dedup.first_in_window(INCIDENT)
+
+
+def test_open_incidents_are_closed_once_and_end_their_windows(make_dedup) -> None:
+    first, second = make_dedup(), make_dedup()
+    assert first.open_incidents(CRED) == []
+    first.first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+    first.first_in_window(f"{CRED}|circuit_opened|b", credential=CRED, kind="circuit_opened")
+    first.first_in_window("other|needs_attention|X", credential="other", kind="needs_attention")
+
+    assert second.open_incidents(CRED) == ["circuit_opened", "retries_exhausted"]
+    assert second.close_incidents(CRED, "circuit_opened") == ["circuit_opened"]
+    assert first.close_incidents(CRED) == ["retries_exhausted"]
+    assert second.close_incidents(CRED) == []
+    assert first.open_incidents(CRED) == []
+    assert first.open_incidents("other") == ["needs_attention"]
+    assert second.first_in_window(INCIDENT)
+
+
+def test_racing_resolutions_close_an_incident_exactly_once(make_dedup) -> None:
+    dedups = [make_dedup() for _ in range(8)]
+    dedups[0].first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+    barrier = threading.Barrier(len(dedups))
+    closed: list[list[str]] = []
+
+    def close(dedup: AlertDeduplicator) -> None:
+        barrier.wait(30)
+        closed.append(dedup.close_incidents(CRED))
+
+    threads = [threading.Thread(target=close, args=(dedup,)) for dedup in dedups]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(closed) == [[]] * 7 + [["retries_exhausted"]]
+
+
+def test_unreachable_redis_warns_once_and_deduplicates_in_process(caplog) -> None:
+    dedup = AlertDeduplicator(dead_redis(), namespace="st")
+
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_servicetitan.notifications.dedup"):
+        assert dedup.first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+        assert not dedup.first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+        assert dedup.first_in_window("another", credential=CRED, kind="circuit_opened")
+        assert dedup.open_incidents(CRED) == ["circuit_opened", "retries_exhausted"]
+        assert dedup.close_incidents(CRED, "retries_exhausted") == ["retries_exhausted"]
+        assert dedup.first_in_window(INCIDENT)
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "Redis unreachable" in warnings[0]
+
+
+def test_without_redis_it_deduplicates_in_process_silently(caplog) -> None:
+    dedup = AlertDeduplicator(None, window_seconds=60)
+
+    with caplog.at_level(logging.WARNING):
+        assert dedup.first_in_window(INCIDENT)
+        assert not dedup.first_in_window(INCIDENT)
+        dedup.forget(INCIDENT)
+        assert dedup.first_in_window(INCIDENT)
+
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"namespace": "has space"}, "namespace"),
+        ({"window_seconds": 0}, "window_seconds"),
+        ({"window_seconds": 60, "open_incident_ttl_seconds": 30}, "open_incident_ttl_seconds"),
+    ],
+)
+def test_settings_are_validated(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AlertDeduplicator(None, **kwargs)  # type: ignore[arg-type]

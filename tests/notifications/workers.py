@@ -1,0 +1,20 @@
+"""Worker processes of the multi-process alert tests (importable, so they work with spawn)."""
+
+from __future__ import annotations
+
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+from airflow_provider_servicetitan.notifications.alerts import Alert
+from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
+
+TIMEOUT = 60
+
+
+def send_together(settings: dict[str, Any], alert: Alert, barrier: Barrier, results: Queue[Any]) -> None:
+    """Build a notifier (connecting to Redis), wait for every worker, then send the same alert."""
+    notifier = ServiceTitanAlertNotifier(**settings)
+    notifier.dedup.open_incidents(alert.credential)  # connected before the race starts
+    barrier.wait(TIMEOUT)
+    results.put(notifier.send(alert))
