@@ -6,6 +6,7 @@ parsed, come from environment variables so that no Variable is read at parse tim
 - ``SERVICETITAN_SYNC_SCHEDULE``: cron or preset, ``@hourly`` by default;
 - ``SERVICETITAN_WAREHOUSE_CONN_ID``: where data goes, ``servicetitan_warehouse`` by default;
 - ``SERVICETITAN_REDIS_CONN_ID``: shared tokens, breakers and alert dedup, ``redis_default``;
+- ``SERVICETITAN_REDIS_NAMESPACE`` / ``SERVICETITAN_TABLE_PREFIX``: key and table prefixes (``servicetitan``);
 - ``SERVICETITAN_ALERT_WEBHOOK_CONN_ID`` / ``SERVICETITAN_ALERT_EMAIL``: alert channels (optional);
 - ``SERVICETITAN_DEAD_LETTER_THRESHOLD``: parked records per credential that call a person (50).
 
@@ -32,11 +33,14 @@ from airflow_provider_servicetitan.task_retry import ServiceTitanRetryPolicy
 CONNECTIONS_VARIABLE = "servicetitan_connections"
 WAREHOUSE_CONN_ID = os.environ.get("SERVICETITAN_WAREHOUSE_CONN_ID", "servicetitan_warehouse")
 REDIS_CONN_ID = os.environ.get("SERVICETITAN_REDIS_CONN_ID", "redis_default")
+REDIS_NAMESPACE = os.environ.get("SERVICETITAN_REDIS_NAMESPACE", "servicetitan")
+TABLE_PREFIX = os.environ.get("SERVICETITAN_TABLE_PREFIX", "servicetitan")
 
 alerts = ServiceTitanAlertNotifier(
     webhook_conn_id=os.environ.get("SERVICETITAN_ALERT_WEBHOOK_CONN_ID") or None,
     email_to=os.environ.get("SERVICETITAN_ALERT_EMAIL") or None,
     redis_conn_id=REDIS_CONN_ID,
+    namespace=REDIS_NAMESPACE,
 )
 
 with DAG(
@@ -80,6 +84,8 @@ with DAG(
         map_index_template="{{ task.servicetitan_conn_id }}",
         warehouse_conn_id=WAREHOUSE_CONN_ID,
         redis_conn_id=REDIS_CONN_ID,
+        redis_namespace=REDIS_NAMESPACE,
+        table_prefix=TABLE_PREFIX,
         alert_notifier=alerts,
         retry_policy=ServiceTitanRetryPolicy(),
         on_failure_callback=alerts,
@@ -87,9 +93,13 @@ with DAG(
 
     recovered = ServiceTitanRecoveryOperator.partial(
         task_id="recover",
+        # A mapped operator takes its trigger rule from partial(), not from the operator's default.
+        trigger_rule="all_done",
         map_index_template="{{ task.servicetitan_conn_id }}",
         warehouse_conn_id=WAREHOUSE_CONN_ID,
         redis_conn_id=REDIS_CONN_ID,
+        redis_namespace=REDIS_NAMESPACE,
+        table_prefix=TABLE_PREFIX,
         retry_policy=ServiceTitanRetryPolicy(),
         on_failure_callback=alerts,
     ).expand(servicetitan_conn_id=credentials)
@@ -98,6 +108,7 @@ with DAG(
         task_id="report",
         connections=credentials,
         warehouse_conn_id=WAREHOUSE_CONN_ID,
+        table_prefix=TABLE_PREFIX,
         notifier=alerts,
         dead_letter_threshold=int(os.environ.get("SERVICETITAN_DEAD_LETTER_THRESHOLD", "50")),
         trigger_rule="all_done",
