@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import uuid
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +16,7 @@ from tests.notifications.conftest import WEBHOOK_CONN_ID
 from tests.operators.conftest import register
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
+DEAD_LETTER_THRESHOLD = 3
 
 
 def load_dag_module(monkeypatch, env) -> ModuleType:
@@ -68,6 +70,7 @@ def dag_env(operator_env, webhook, monkeypatch):
         "SERVICETITAN_REDIS_NAMESPACE": env.redis_namespace,
         "SERVICETITAN_TABLE_PREFIX": env.warehouse.table_prefix,
         "SERVICETITAN_ALERT_WEBHOOK_CONN_ID": WEBHOOK_CONN_ID,
+        "SERVICETITAN_DEAD_LETTER_THRESHOLD": str(DEAD_LETTER_THRESHOLD),
     }
     dag = load_dag_module(monkeypatch, settings).dag
     register(dag)
@@ -111,3 +114,44 @@ def test_bad_credential_fails_once_and_alerts_once(dag_env, webhook, monkeypatch
     assert "not-the-secret" not in webhook.texts[0]
     with env.warehouse.store() as store:
         assert store.get_credential_status(bad).status == "needs_attention"
+
+
+def test_chaos_on_one_tenant_leaves_the_other_complete_and_heals(dag_env, webhook, monkeypatch):
+    env, dag = dag_env
+    healthy, chaotic = env.connect(0), env.connect(1)
+    monkeypatch.setenv("AIRFLOW_VAR_SERVICETITAN_CONNECTIONS", f'["{healthy}", "{chaotic}"]')
+    # Chaos with its rates, on the second tenant only; the time-dependent knobs are made neutral
+    # (no per-second rate limit, short holds) so the seeded fault sequence replays exactly.
+    env.sandbox.admin.set_faults("chaos", tenants=[env.tenant(1)], rate_limit=None, timeout_hold=0.2)
+
+    first = dag.test()
+
+    assert task_states(first)[("report", -1)] == "success"
+    for resource in ("customers", "jobs", "invoices"):
+        assert env.stored(0, resource) == env.truth(0, resource)
+    with env.warehouse.store() as store:
+        parked = store.unresolved_dead_letters(chaotic)
+        assert parked
+        assert store.unresolved_dead_letters(healthy) == []
+    # The seeded chaos exhausts no retries and opens no breaker: the one incident is the parked records.
+    assert len(parked) > DEAD_LETTER_THRESHOLD
+    assert len(webhook.texts) == 1
+    assert "too many failed records" in webhook.texts[0].lower()
+    assert chaotic in webhook.texts[0]
+
+    env.sandbox.admin.set_faults("none")  # the incident is over: the next run heals what it parked
+    second = dag.test(logical_date=first.logical_date + timedelta(hours=1))
+
+    assert set(task_states(second).values()) == {"success"}
+    with env.warehouse.store() as store:
+        left = store.unresolved_dead_letters(chaotic)
+        recovered = sum(row.records_recovered for row in store.get_run_log(second.run_id))
+    usable = [letter for letter in parked if (letter.record_id or "").isdigit()]
+    assert recovered == len(usable)
+    assert {letter.id for letter in left} == {letter.id for letter in parked if letter not in usable}
+    # Still over the threshold: no new message (same incident); back under it: one "resolved".
+    assert len(webhook.texts) == (1 if len(left) > DEAD_LETTER_THRESHOLD else 2)
+    for resource in ("customers", "jobs", "invoices"):
+        stored, truth = env.stored(1, resource), env.truth(1, resource)
+        assert stored.items() <= truth.items()
+        assert len(truth) - len(stored) == len([x for x in left if x.resource == resource])
