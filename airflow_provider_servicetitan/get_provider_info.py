@@ -43,7 +43,7 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "ServiceTitan",
                 "connection-type": CONNECTION_TYPE,
                 "ui-field-behaviour": {
-                    "hidden-fields": ["host", "schema", "port", "extra"],
+                    "hidden-fields": ["host", "schema", "port"],
                     "relabeling": {"login": "Client ID", "password": "Client secret"},
                     "placeholders": {"login": "cid.xxxxxxxxxxxx", "password": "cs1.xxxxxxxxxxxx"},
                 },

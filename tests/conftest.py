@@ -8,12 +8,15 @@ afterwards. Redis is required: if it cannot be reached the run stops with a clea
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 # Airflow reads its home and settings when first imported: give the test session its own home
 # (SQLite metadata DB, no examples) before any test module imports Airflow.
@@ -33,6 +36,7 @@ from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, Circ
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.sandbox import SandboxConfig, SandboxServer
 from airflow_provider_servicetitan.storage import SyncStore
+from tests.helpers import set_connection
 
 REDIS_URL = os.environ.get("SERVICETITAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 
@@ -170,3 +174,32 @@ def make_client(redis_client: redis.Redis, key_prefix: str) -> Iterator[Callable
     yield make
     for client in clients:
         client.close()
+
+
+# Airflow: one migrated metadata DB per session; connections as environment variables.
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """The session's Airflow metadata DB (SQLite in the temp ``AIRFLOW_HOME``), migrated once."""
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture
+def redis_connection(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> str:
+    parsed = urlparse(redis_url)
+    set_connection(
+        monkeypatch,
+        "st_test_redis",
+        conn_type="redis",
+        host=parsed.hostname,
+        port=parsed.port,
+        extra={"db": int(parsed.path.strip("/") or 0)},
+    )
+    return "st_test_redis"

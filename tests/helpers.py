@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import pytest
+from airflow.dag_processing.bundles.manager import DagBundlesManager
+from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+from airflow.sdk import DAG
+from airflow.serialization.serialized_objects import LazyDeserializedDAG
+from airflow.utils.session import create_session
 
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.sandbox import SandboxCredential, SandboxServer
@@ -21,3 +29,18 @@ def credentials_for(sandbox: SandboxServer, index: int = 0, **changes: Any) -> S
         **changes,
     }
     return ServiceTitanCredentials(**fields)
+
+
+def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **conn: Any) -> None:
+    """Define an Airflow connection for one test, as an ``AIRFLOW_CONN_*`` environment variable."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+def register(dag: DAG) -> None:
+    """Serialize ``dag`` into the metadata DB, as the DAG processor would: dag.test() runs only known DAGs."""
+    with create_session() as session:
+        DagBundlesManager().sync_bundles_to_db(session=session)
+    with create_session() as session:
+        update_dag_parsing_results_in_db(
+            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+        )

@@ -1,6 +1,6 @@
 """The DAG tests reuse the Airflow, warehouse, Redis and sandbox fixtures of the operator tests."""
 
 from tests.notifications.conftest import webhook
-from tests.operators.conftest import airflow_db, operator_env, redis_connection, warehouse
+from tests.operators.conftest import operator_env, warehouse
 
-__all__ = ["airflow_db", "operator_env", "redis_connection", "warehouse", "webhook"]
+__all__ = ["operator_env", "warehouse", "webhook"]

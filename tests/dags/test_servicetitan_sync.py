@@ -12,8 +12,8 @@ from types import ModuleType
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
+from tests.helpers import register
 from tests.notifications.conftest import WEBHOOK_CONN_ID
-from tests.operators.conftest import register
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 DEAD_LETTER_THRESHOLD = 3

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from urllib.parse import urlparse
-
 import pytest
 
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
@@ -12,24 +9,7 @@ from airflow_provider_servicetitan.errors import CredentialValidationError
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
-
-
-def set_connection(monkeypatch, conn_id: str, **conn) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-
-
-@pytest.fixture
-def redis_connection(monkeypatch, redis_url) -> str:
-    parsed = urlparse(redis_url)
-    set_connection(
-        monkeypatch,
-        "st_test_redis",
-        conn_type="redis",
-        host=parsed.hostname,
-        port=parsed.port,
-        extra={"db": int(parsed.path.strip("/") or 0)},
-    )
-    return "st_test_redis"
+from tests.helpers import set_connection
 
 
 @pytest.fixture

@@ -3,26 +3,20 @@ Airflow connections (``AIRFLOW_CONN_*`` environment variables, inherited by spaw
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
+from tests.helpers import set_connection
 
 from .servers import SmtpReceiver, WebhookReceiver
 
 WEBHOOK_CONN_ID = "st_alert_webhook"
-REDIS_CONN_ID = "st_alert_redis"
 SMTP_CONN_ID = "st_alert_smtp"
 LOG_URL = "http://airflow.example/dags/servicetitan_sync/runs/manual__1/tasks/sync/mapped/0?try_number=4"
-
-
-def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **conn: Any) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
 
 
 @pytest.fixture
@@ -44,20 +38,6 @@ def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpReceiver]:
             extra={"disable_ssl": True, "disable_tls": True, "from_email": "airflow@example.com", "retry_limit": 0},
         )
         yield receiver
-
-
-@pytest.fixture
-def redis_connection(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> str:
-    parsed = urlparse(redis_url)
-    set_connection(
-        monkeypatch,
-        REDIS_CONN_ID,
-        conn_type="redis",
-        host=parsed.hostname,
-        port=parsed.port,
-        extra={"db": int(parsed.path.strip("/") or 0)},
-    )
-    return REDIS_CONN_ID
 
 
 @pytest.fixture

@@ -22,8 +22,9 @@ from airflow_provider_servicetitan.notifications import (
     resolved_alert,
 )
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
+from tests.helpers import set_connection
 
-from .conftest import LOG_URL, SMTP_CONN_ID, WEBHOOK_CONN_ID, Task, TaskInstance, failure_context, set_connection
+from .conftest import LOG_URL, SMTP_CONN_ID, WEBHOOK_CONN_ID, Task, TaskInstance, failure_context
 from .servers import closed_port
 
 NOTIFIER_LOGGER = "airflow_provider_servicetitan.notifications.notifier"

@@ -4,10 +4,6 @@ given as ``AIRFLOW_CONN_*`` variables, the sandbox, the test Redis and a warehou
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -15,45 +11,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
-from airflow.dag_processing.bundles.manager import DagBundlesManager
-from airflow.dag_processing.collection import update_dag_parsing_results_in_db
 from airflow.sdk import DAG
-from airflow.serialization.serialized_objects import LazyDeserializedDAG
-from airflow.utils.session import create_session
 from sqlalchemy import Engine, select
 
 from airflow_provider_servicetitan.operators.recovery import ServiceTitanRecoveryOperator
 from airflow_provider_servicetitan.operators.sync import ServiceTitanSyncOperator
 from airflow_provider_servicetitan.sandbox import SandboxServer
 from airflow_provider_servicetitan.storage.store import SyncStore
+from tests.helpers import register, set_connection
 
 WAREHOUSE_CONN_ID = "st_warehouse"
-REDIS_CONN_ID = "st_redis"
 # Tight in-call retries: a test meets the retry path without waiting.
 RETRY_SETTINGS = {"max_attempts": 3, "base_delay": 0.01, "max_delay": 0.05, "max_elapsed": 20}
-# The bundle dag.test() looks DAGs up in (Airflow's default one).
-DAG_BUNDLE = "dags-folder"
-
-
-def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **conn: Any) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
-
-
-@pytest.fixture(scope="session")
-def airflow_db() -> None:
-    """The session's Airflow metadata DB (SQLite in the temp ``AIRFLOW_HOME``), migrated once."""
-    done = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout}\n{done.stderr}"
 
 
 @dataclass(frozen=True)
@@ -91,20 +62,6 @@ def warehouse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     )
     yield Warehouse(WAREHOUSE_CONN_ID, url.render_as_string(hide_password=False), prefix)
     SyncStore(engine, table_prefix=prefix).tables.metadata.drop_all(engine)
-
-
-@pytest.fixture
-def redis_connection(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> str:
-    parsed = urlparse(redis_url)
-    set_connection(
-        monkeypatch,
-        REDIS_CONN_ID,
-        conn_type="redis",
-        host=parsed.hostname,
-        port=parsed.port,
-        extra={"db": int(parsed.path.strip("/") or 0)},
-    )
-    return REDIS_CONN_ID
 
 
 @dataclass
@@ -197,16 +154,6 @@ class OperatorEnv:
             with store.engine.connect() as conn:
                 rows = conn.execute(query).all()
         return {row.id: (row.payload["modifiedOn"], row.active, row.deleted) for row in rows}
-
-
-def register(dag: DAG) -> None:
-    """Serialize ``dag`` into the metadata DB, as the DAG processor would: dag.test() runs only known DAGs."""
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-    with create_session() as session:
-        update_dag_parsing_results_in_db(
-            DAG_BUNDLE, None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
-        )
 
 
 @pytest.fixture
