@@ -79,29 +79,22 @@ with DAG(
 
     credentials = list_credentials()
 
-    synced = ServiceTitanSyncOperator.partial(
-        task_id="sync",
-        map_index_template="{{ task.servicetitan_conn_id }}",
-        warehouse_conn_id=WAREHOUSE_CONN_ID,
-        redis_conn_id=REDIS_CONN_ID,
-        redis_namespace=REDIS_NAMESPACE,
-        table_prefix=TABLE_PREFIX,
-        alert_notifier=alerts,
-        retry_policy=ServiceTitanRetryPolicy(),
-        on_failure_callback=alerts,
-    ).expand(servicetitan_conn_id=credentials)
-
+    # What both per-credential tasks share: named by credential in the UI, same stores, same alerts.
+    per_credential: dict[str, Any] = {
+        "map_index_template": "{{ task.servicetitan_conn_id }}",
+        "warehouse_conn_id": WAREHOUSE_CONN_ID,
+        "redis_conn_id": REDIS_CONN_ID,
+        "redis_namespace": REDIS_NAMESPACE,
+        "table_prefix": TABLE_PREFIX,
+        "retry_policy": ServiceTitanRetryPolicy(),
+        "on_failure_callback": alerts,
+    }
+    synced = ServiceTitanSyncOperator.partial(task_id="sync", alert_notifier=alerts, **per_credential).expand(
+        servicetitan_conn_id=credentials
+    )
+    # A mapped operator takes its trigger rule from partial(), not from the operator's default.
     recovered = ServiceTitanRecoveryOperator.partial(
-        task_id="recover",
-        # A mapped operator takes its trigger rule from partial(), not from the operator's default.
-        trigger_rule="all_done",
-        map_index_template="{{ task.servicetitan_conn_id }}",
-        warehouse_conn_id=WAREHOUSE_CONN_ID,
-        redis_conn_id=REDIS_CONN_ID,
-        redis_namespace=REDIS_NAMESPACE,
-        table_prefix=TABLE_PREFIX,
-        retry_policy=ServiceTitanRetryPolicy(),
-        on_failure_callback=alerts,
+        task_id="recover", trigger_rule="all_done", **per_credential
     ).expand(servicetitan_conn_id=credentials)
 
     report = ServiceTitanReportOperator(

@@ -134,24 +134,7 @@ class ServiceTitanHook(BaseHook):
 
     def get_redis(self) -> redis.Redis | None:
         """A Redis client with short timeouts from the Redis connection, or ``None`` (per-process state)."""
-        if self.redis_conn_id is None:
-            return None
-        conn = self.get_connection(self.redis_conn_id)
-        extra = conn.extra_dejson
-        password = conn.password if conn.password and str(conn.password).lower() not in ("none", "false") else None
-        return redis.Redis(
-            host=conn.host or "127.0.0.1",
-            port=conn.port or 6379,
-            db=int(extra.get("db") or 0),
-            username=conn.login or None,
-            password=password,
-            socket_timeout=REDIS_SOCKET_TIMEOUT,
-            socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-            # redis-py retries with backoff by default (seconds per command when Redis is down);
-            # our callers fall back to per-process state instead, so fail fast.
-            retry=Retry(NoBackoff(), 0),
-            **{name: extra[name] for name in _REDIS_SSL_ARGS if name in extra},
-        )
+        return None if self.redis_conn_id is None else redis_from_connection(self.redis_conn_id)
 
     def get_conn(self) -> ServiceTitanClient:
         """A client for the connection's tenant; validated before any network call."""
@@ -227,6 +210,29 @@ class ServiceTitanHook(BaseHook):
                 "[core] fernet_key is not a valid Fernet key; tokens in Redis use a key derived from the secret"
             )
         return fernet
+
+
+def redis_from_connection(conn_id: str) -> redis.Redis:
+    """A Redis client for the Airflow Redis connection ``conn_id``, built to fail fast.
+
+    Redis is shared memory for coordination (tokens, breakers, alert dedup): a slow or dead Redis
+    must cost a fraction of a second, after which callers fall back to per-process state.
+    """
+    conn = BaseHook.get_connection(conn_id)
+    extra = conn.extra_dejson
+    password = conn.password if conn.password and str(conn.password).lower() not in ("none", "false") else None
+    return redis.Redis(
+        host=conn.host or "127.0.0.1",
+        port=conn.port or 6379,
+        db=int(extra.get("db") or 0),
+        username=conn.login or None,
+        password=password,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+        # redis-py retries with backoff by default (seconds per command when Redis is down).
+        retry=Retry(NoBackoff(), 0),
+        **{name: extra[name] for name in _REDIS_SSL_ARGS if name in extra},
+    )
 
 
 def _fan_out(listeners: list[Callable[[RetryEvent], None] | None]) -> Callable[[RetryEvent], None]:

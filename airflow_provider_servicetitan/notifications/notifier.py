@@ -95,10 +95,10 @@ class ServiceTitanAlertNotifier(BaseNotifier):
     def _redis_client(self) -> redis.Redis | None:
         if self.redis_conn_id is None:
             return None
-        from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
+        from airflow_provider_servicetitan.hooks.servicetitan import redis_from_connection
 
         try:
-            return ServiceTitanHook(redis_conn_id=self.redis_conn_id).get_redis()
+            return redis_from_connection(self.redis_conn_id)
         except Exception as error:
             logger.warning(
                 "alert deduplication: cannot use the Redis connection %r (%s); deduplicating in this process only",

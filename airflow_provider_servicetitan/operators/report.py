@@ -60,7 +60,7 @@ class ServiceTitanReportOperator(BaseOperator):
             for credential in list(self.connections):
                 mine = [row for row in rows if row.credential == credential]
                 status = store.get_credential_status(credential)
-                open_letters = len(store.unresolved_dead_letters(credential))
+                open_letters = store.count_unresolved_dead_letters(credential)
                 totals[credential] = {
                     **{name: sum(int(getattr(row, name)) for row in mine) for name in _COUNTS},
                     "resources": {row.resource: row.status for row in mine},

@@ -205,6 +205,21 @@ class SyncStore:
             query = query.where(letters.c.attempts < max_attempts)
         return self._fetch_all(DeadLetter, query)
 
+    def count_unresolved_dead_letters(self, credential: str, *, min_attempts: int = 0) -> int:
+        """How many dead letters of ``credential`` are open with at least ``min_attempts`` failed attempts."""
+        letters = self.tables.dead_letters
+        query = (
+            select(func.count())
+            .select_from(letters)
+            .where(
+                letters.c.credential == credential,
+                letters.c.resolved_at.is_(None),
+                letters.c.attempts >= min_attempts,
+            )
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         """One dead letter, resolved or not."""
         letters = self.tables.dead_letters

@@ -79,9 +79,7 @@ def recover_dead_letters(
         by_resource[letter.resource].append(letter)
     for resource, letters in by_resource.items():
         _recover_resource(client, store, resource, letters, run_id, result)
-    result.needs_attention = len(store.unresolved_dead_letters(credential)) - len(
-        store.unresolved_dead_letters(credential, max_attempts=max_attempts)
-    )
+    result.needs_attention = store.count_unresolved_dead_letters(credential, min_attempts=max_attempts)
     log.info(
         "Recovery for %s: %d attempted, %d recovered, %d failed, %d need a person (status %s)",
         credential,

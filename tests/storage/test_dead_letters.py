@@ -221,3 +221,17 @@ def test_filters_max_attempts_limit_and_credential(store: SyncStore) -> None:
     assert [letter.record_id for letter in store.unresolved_dead_letters("another_credential")] == ["4"]
     assert store.unresolved_dead_letters(CREDENTIAL, "jobs") == []
     assert third.attempts == 0
+
+
+def test_count_of_open_dead_letters_by_attempts(store: SyncStore) -> None:
+    park(store, dead_letter("1"), dead_letter("2"), dead_letter("3"))
+    commit(store, [], [dead_letter("4")], credential="another_credential")
+    first, second, third = store.unresolved_dead_letters(CREDENTIAL)
+    for _ in range(3):
+        store.fail_dead_letter(first.id, "E", "m")
+    store.resolve_dead_letter(third.id, record(3, "2024-01-01T00:00:00Z"), run_id=RUN)
+
+    assert store.count_unresolved_dead_letters(CREDENTIAL) == 2
+    assert store.count_unresolved_dead_letters(CREDENTIAL, min_attempts=3) == 1
+    assert store.count_unresolved_dead_letters("another_credential") == 1
+    assert second.attempts == 0
