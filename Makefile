@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint typecheck check
+.PHONY: install test chaos lint typecheck check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,13 @@ install: $(BIN)/python
 test: install
 	scripts/test-services
 	$(BIN)/pytest
+
+# The whole chaos matrix (docs/chaos.md), slow rows included; `make test` runs only its fast rows.
+# CI runs only the rows `make test` left out: make chaos CHAOS="chaos and slow"
+CHAOS ?= chaos
+chaos: install
+	scripts/test-services
+	$(BIN)/pytest -m "$(CHAOS)" tests/chaos
 
 lint: install
 	$(BIN)/ruff check .

@@ -228,8 +228,25 @@ def is_retryable(error: BaseException) -> bool:
     return False
 
 
+def parse_http_date(value: str | None) -> float | None:
+    """Seconds since the epoch of an HTTP date (``Date``, ``Retry-After``), or ``None`` if unreadable."""
+    if value is None:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    An HTTP date is a moment on the server's clock, so it is measured from ``now`` on that clock:
+    pass the answer's ``Date`` (see :func:`error_from_response`). Without ``now`` it is measured
+    from the local clock, which is wrong by however far the two clocks disagree.
 
     Returns ``None`` when the header is absent or unreadable, and never a negative number.
     """
@@ -239,13 +256,10 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        when = parse_http_date(value)
+        if when is None:
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = when - (time.time() if now is None else now)
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
@@ -308,7 +322,12 @@ def error_from_response(response: requests.Response) -> ServiceTitanApiError:
         "path": urlparse(response.url).path if response.url else None,
     }
     if cls is RateLimitExceededError:
-        return RateLimitExceededError(retry_after=parse_retry_after(response.headers.get("Retry-After")), **kwargs)
+        # The server's ``Date`` is "now" for a Retry-After date: the two share the server's clock,
+        # whatever the local clock says.
+        retry_after = parse_retry_after(
+            response.headers.get("Retry-After"), now=parse_http_date(response.headers.get("Date"))
+        )
+        return RateLimitExceededError(retry_after=retry_after, **kwargs)
     return cls(**kwargs)
 
 

@@ -13,6 +13,13 @@ parsed, come from environment variables so that no Variable is read at parse tim
 The credentials to sync are the connection ids in the Airflow Variable
 ``servicetitan_connections`` (a JSON list), read at run time, or the ``connections`` param given
 when the DAG is triggered.
+
+To re-export one resource (or a few) of one credential from scratch or from a day, trigger the DAG
+with config (``Trigger DAG`` in the UI, or ``airflow dags trigger servicetitan_sync --conf ...``):
+``reexport_from`` = ``start`` or ``YYYY-MM-DD``, ``reexport_connection`` = the connection id,
+``reexport_resources`` = the resources. Everything else of the run syncs as usual. Records are
+upserted by id, so a re-export never duplicates; an interrupted one is resumed by the task's retry
+or finished by the next run. An invalid request fails ``list_credentials`` before anything syncs.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from typing import Any
 from airflow.sdk import DAG, Param, Variable, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
 from airflow_provider_servicetitan.operators.recovery import ServiceTitanRecoveryOperator
 from airflow_provider_servicetitan.operators.report import ServiceTitanReportOperator
 from airflow_provider_servicetitan.operators.sync import ServiceTitanSyncOperator
+from airflow_provider_servicetitan.sync.reexport import REEXPORT_FROM_START, check_reexport_request
 from airflow_provider_servicetitan.task_retry import ServiceTitanRetryPolicy
 
 CONNECTIONS_VARIABLE = "servicetitan_connections"
@@ -35,6 +44,9 @@ WAREHOUSE_CONN_ID = os.environ.get("SERVICETITAN_WAREHOUSE_CONN_ID", "servicetit
 REDIS_CONN_ID = os.environ.get("SERVICETITAN_REDIS_CONN_ID", "redis_default")
 REDIS_NAMESPACE = os.environ.get("SERVICETITAN_REDIS_NAMESPACE", "servicetitan")
 TABLE_PREFIX = os.environ.get("SERVICETITAN_TABLE_PREFIX", "servicetitan")
+MAX_RECOVERY_ATTEMPTS = 3
+# Rendered per mapped sync task: the re-export applies only to the credential the param names.
+_IF_REEXPORTED_HERE = "if params.reexport_connection == task.servicetitan_conn_id else ''"
 
 alerts = ServiceTitanAlertNotifier(
     webhook_conn_id=os.environ.get("SERVICETITAN_ALERT_WEBHOOK_CONN_ID") or None,
@@ -55,7 +67,27 @@ with DAG(
             type=["null", "array"],
             items={"type": "string"},
             description=f"ServiceTitan connection ids to sync; empty: the Variable {CONNECTIONS_VARIABLE}",
-        )
+        ),
+        "reexport_from": Param(
+            None,
+            type=["null", "string"],
+            pattern=rf"^({REEXPORT_FROM_START}|[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}})?$",
+            description=(
+                f"Re-export instead of resuming from the checkpoint: '{REEXPORT_FROM_START}' (from scratch) "
+                "or a date YYYY-MM-DD; empty: a normal sync"
+            ),
+        ),
+        "reexport_connection": Param(
+            None,
+            type=["null", "string"],
+            description="The one connection to re-export (one of the run's connections)",
+        ),
+        "reexport_resources": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string", "enum": list(EXPORTABLE_RESOURCES)},
+            description="The resources of that connection to re-export; its other resources sync as usual",
+        ),
     },
     default_args={
         "retries": 3,
@@ -68,14 +100,25 @@ with DAG(
 
     @task
     def list_credentials(params: dict[str, Any]) -> list[str]:
-        """The credentials of this run: the ``connections`` param, else the Variable."""
+        """The credentials of this run: the ``connections`` param, else the Variable; checks a re-export."""
         chosen = params.get("connections") or Variable.get(CONNECTIONS_VARIABLE, default=None, deserialize_json=True)
         if not isinstance(chosen, list) or not chosen or not all(isinstance(c, str) and c for c in chosen):
             raise AirflowFailException(
                 f"set the Variable {CONNECTIONS_VARIABLE!r} (or the 'connections' param) to a non-empty JSON list "
                 f'of ServiceTitan connection ids, e.g. ["servicetitan_acme"]; got {chosen!r}'
             )
-        return list(dict.fromkeys(chosen))
+        credentials = list(dict.fromkeys(chosen))
+        try:
+            check_reexport_request(
+                params.get("reexport_from"),
+                params.get("reexport_connection"),
+                params.get("reexport_resources"),
+                connections=credentials,
+                exportable=EXPORTABLE_RESOURCES,
+            )
+        except ValueError as invalid:
+            raise AirflowFailException(f"invalid re-export request: {invalid}") from None
+        return credentials
 
     credentials = list_credentials()
 
@@ -89,12 +132,16 @@ with DAG(
         "retry_policy": ServiceTitanRetryPolicy(),
         "on_failure_callback": alerts,
     }
-    synced = ServiceTitanSyncOperator.partial(task_id="sync", alert_notifier=alerts, **per_credential).expand(
-        servicetitan_conn_id=credentials
-    )
+    synced = ServiceTitanSyncOperator.partial(
+        task_id="sync",
+        alert_notifier=alerts,
+        reexport_from="{{ (params.reexport_from or '') " + _IF_REEXPORTED_HERE + " }}",
+        reexport_resources="{{ (params.reexport_resources or []) | join(',') " + _IF_REEXPORTED_HERE + " }}",
+        **per_credential,
+    ).expand(servicetitan_conn_id=credentials)
     # A mapped operator takes its trigger rule from partial(), not from the operator's default.
     recovered = ServiceTitanRecoveryOperator.partial(
-        task_id="recover", trigger_rule="all_done", **per_credential
+        task_id="recover", trigger_rule="all_done", max_attempts=MAX_RECOVERY_ATTEMPTS, **per_credential
     ).expand(servicetitan_conn_id=credentials)
 
     report = ServiceTitanReportOperator(
@@ -104,6 +151,7 @@ with DAG(
         table_prefix=TABLE_PREFIX,
         notifier=alerts,
         dead_letter_threshold=int(os.environ.get("SERVICETITAN_DEAD_LETTER_THRESHOLD", "50")),
+        max_recovery_attempts=MAX_RECOVERY_ATTEMPTS,
         trigger_rule="all_done",
     )
 

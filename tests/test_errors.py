@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -37,12 +39,14 @@ from airflow_provider_servicetitan.errors import (
     error_from_exception,
     error_from_response,
     is_retryable,
+    parse_http_date,
     parse_retry_after,
     to_error,
 )
 
-# path -> (status, headers, body). The handler answers whatever the test registered.
-Answer = tuple[int, dict[str, str], bytes]
+# path -> (status, headers, body). The handler answers whatever the test registered, with a
+# ``Date`` from the local clock unless the headers give one (``None``: no ``Date`` at all).
+Answer = tuple[int, dict[str, str | None], bytes]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -50,16 +54,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.startswith("/slow"):
-            self.server.release.wait(10)  # type: ignore[attr-defined]
+            self.server.release.wait()  # type: ignore[attr-defined]  # until the test is over
             return
         if self.path.startswith("/reset"):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.connection.close()
             return
         status, headers, body = self.answers[self.path]
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
+        self.send_response_only(status)
+        for name, value in {"Date": self.date_time_string(), **headers}.items():
+            if value is not None:
+                self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -168,6 +173,67 @@ def test_retry_after_http_date():
 @pytest.mark.parametrize("value", [None, "", "  ", "soon", "nan", "inf"])
 def test_retry_after_unreadable_is_none(value):
     assert parse_retry_after(value) is None
+
+
+@pytest.mark.parametrize(
+    "server_ahead",
+    [
+        pytest.param(-600, id="worker-10-min-ahead"),
+        pytest.param(0, id="same-clock"),
+        pytest.param(600, id="worker-10-min-behind"),
+    ],
+)
+def test_retry_after_date_is_measured_from_the_servers_date(http_server, server_ahead):
+    base, answers = http_server
+    server_now = math.floor(time.time()) + server_ahead
+    answers["/x"] = (
+        429,
+        {
+            "Date": format_datetime(datetime.fromtimestamp(server_now, UTC), usegmt=True),
+            "Retry-After": format_datetime(datetime.fromtimestamp(server_now + 30, UTC), usegmt=True),
+        },
+        problem(429, "Too many requests"),
+    )
+
+    error = error_from_response(requests.get(f"{base}/x", timeout=5))
+
+    assert isinstance(error, RateLimitExceededError)
+    assert error.retry_after == 30.0
+
+
+@pytest.mark.parametrize("date", [None, "yesterday-ish"], ids=["no-date", "unreadable-date"])
+def test_retry_after_date_without_a_readable_server_date_is_measured_on_the_local_clock(http_server, date):
+    base, answers = http_server
+    retry_at = math.floor(time.time()) + 3600
+    answers["/x"] = (
+        429,
+        {"Date": date, "Retry-After": format_datetime(datetime.fromtimestamp(retry_at, UTC), usegmt=True)},
+        problem(429, "Too many requests"),
+    )
+    response = requests.get(f"{base}/x", timeout=5)
+
+    before = time.time()
+    error = error_from_response(response)
+    after = time.time()
+
+    assert isinstance(error, RateLimitExceededError)
+    assert retry_at - after <= error.retry_after <= retry_at - before
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Thu, 01 Jan 2026 12:00:00 GMT", datetime(2026, 1, 1, 12, tzinfo=UTC).timestamp()),
+        ("Thursday, 01-Jan-26 12:00:00 GMT", datetime(2026, 1, 1, 12, tzinfo=UTC).timestamp()),
+        ("Thu Jan  1 12:00:00 2026", datetime(2026, 1, 1, 12, tzinfo=UTC).timestamp()),
+        (None, None),
+        ("", None),
+        ("30", None),
+        ("Thu, 32 Jan 2026 12:00:00 GMT", None),
+    ],
+)
+def test_http_dates_in_every_form_the_rfc_allows(value, expected):
+    assert parse_http_date(value) == expected
 
 
 def test_connection_refused_maps_to_connection_error():

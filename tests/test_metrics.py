@@ -43,6 +43,7 @@ from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.sync.engine import ResourceSummary
 from airflow_provider_servicetitan.sync.recovery import RecoveryResult
 from tests.helpers import credentials_for
+from tests.resilience.test_breaker import Clock
 
 CREDENTIAL = "servicetitan_acme"
 PREFIX = "airflow."  # the OpenTelemetry backend's default [metrics] otel_prefix
@@ -192,8 +193,8 @@ def test_retries_through_the_retry_policy_listener(sink):
 
 def test_breaker_transitions_and_state_gauge(sink):
     listener = metrics.MetricsListener(CREDENTIAL)
-    offset = [0.0]
-    breaker = CircuitBreaker("tenant-42", None, BreakerConfig(), clock_offset=lambda: offset[0])
+    clock = Clock()
+    breaker = CircuitBreaker("tenant-42", None, BreakerConfig(), clock=clock)
     breaker.add_listener(listener.on_transition)
     breaker.force_open(10)
 
@@ -202,7 +203,7 @@ def test_breaker_transitions_and_state_gauge(sink):
         (2, {"credential": CREDENTIAL, "breaker": "tenant-42"})
     ]
 
-    offset[0] = 11.0
+    clock.advance(11)
     assert breaker.state == "half_open"
     assert [p.value for p in named(sink.collect(), metrics.BREAKER_STATE)] == [1]
 

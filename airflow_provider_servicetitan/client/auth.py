@@ -4,15 +4,21 @@ ServiceTitan throttles its token endpoint and tokens live 900 s, so one token pe
 cached and reused by everybody:
 
 * in process memory (a warm worker makes no Redis call per request),
-* in Redis, encrypted with Fernet, under a key derived from environment, token URL, tenant and
-  client id (never from the secret), expiring a safety margin before the token does.
+* in Redis, encrypted with Fernet, under a key derived from environment, token URL, tenant,
+  client id and a keyed fingerprint of the client secret and app key (never the secrets
+  themselves), expiring a safety margin before the token does.
+
+A token is bound to the secrets that obtained it: a caller holding another secret (a rotated one,
+or a wrong one typed into the connection) never sees it, in memory or in Redis, and goes to the
+token endpoint itself, so a wrong secret is refused even while a good token is cached.
 
 Renewal is single-flight across processes: whoever takes a short Redis lock asks ServiceTitan;
 the others wait for its result, and take over if the holder dies (the lock has a TTL). A token
 endpoint that rejects the credentials leaves a marker (a one-way fingerprint of the secret) so
 that other processes fail at once instead of asking again; changing the secret clears it.
 
-If Redis is unreachable the manager keeps working with the per-process cache and logs a warning.
+If Redis is unreachable the manager keeps working with the per-process cache, logs one warning,
+and tries Redis again once per re-check interval.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
+import re
 import threading
 import time
 import uuid
@@ -41,10 +49,11 @@ from airflow_provider_servicetitan.errors import (
     error_from_exception,
     error_from_response,
 )
+from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS, SharedRedis
 
 log = logging.getLogger(__name__)
 
-# Returned by ``TokenManager._shared`` when Redis could not be asked (a real answer may be None).
+# Returned by ``TokenManager._shared`` when Redis was not used (an outage; a real answer may be None).
 _REDIS_DOWN: Any = object()
 
 # Compare-and-delete: only the value we expect is removed (a lock we own, a token that failed).
@@ -56,6 +65,18 @@ _DELETE_IF_VALUE_MATCHES = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+# What an access token may contain: printable ASCII without whitespace (JWTs are base64url and dots).
+_HEADER_SAFE_TOKEN = re.compile(r"[\x21-\x7e]{1,16384}")
+
+
+def token_cache_key(namespace: str, credentials: ServiceTitanCredentials) -> str:
+    """The Redis key of a credential's shared token, bound to its secrets through their fingerprint.
+
+    The renewal lock and the rejection marker live at ``<key>:lock`` and ``<key>:rejected``.
+    """
+    return f"{namespace}:token:{credentials.cache_id}:{credentials.secret_fingerprint}"
 
 
 def token_fingerprint(token: str) -> str:
@@ -74,6 +95,25 @@ def fernet_from_secret(credentials: ServiceTitanCredentials) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(key))
 
 
+def _token_from(response: requests.Response) -> tuple[str, float]:
+    """The access token and its lifetime from a 200 answer of the token endpoint.
+
+    A token that could not travel in an HTTP header (whitespace, line breaks, non-ASCII) is refused
+    here, without showing it: sending it would fail inside ``requests`` with the value in the message.
+    """
+    try:
+        body = response.json()
+        value = body["access_token"]
+        expires_in = float(body.get("expires_in", 900))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        body = None
+    if body is None or not isinstance(value, str) or not _HEADER_SAFE_TOKEN.fullmatch(value):
+        raise TokenRefreshError("token endpoint answered 200 without a usable access_token (value not shown)")
+    if not math.isfinite(expires_in) or expires_in <= 0:
+        raise TokenRefreshError(f"token endpoint answered an unusable expires_in ({expires_in!r})")
+    return value, expires_in
+
+
 @dataclass(frozen=True)
 class _Token:
     value: str
@@ -84,7 +124,8 @@ class TokenManager:
     """Obtains, caches, shares and renews the access token of one credential.
 
     :param credentials: the credential to authenticate.
-    :param redis_client: shared cache; ``None`` keeps the cache per process.
+    :param redis_client: shared cache (used through a fail-fast copy: short timeouts, no
+        retries); ``None`` keeps the cache per process.
     :param session: HTTP session for the token endpoint.
     :param fernet: encrypts tokens in Redis; by default a key derived from the client secret.
     :param namespace: prefix of every Redis key.
@@ -94,6 +135,7 @@ class TokenManager:
     :param rejection_seconds: how long a rejected secret is remembered across processes.
     :param on_renew: called after each successful token request (metrics).
     :param on_token: called with every token that enters this process (e.g. to mask it in logs).
+    :param redis_recheck_seconds: while Redis is unreachable, how often to try it again.
     """
 
     def __init__(
@@ -114,9 +156,18 @@ class TokenManager:
         sleep: Callable[[float], None] = time.sleep,
         on_renew: Callable[[], None] | None = None,
         on_token: Callable[[str], None] | None = None,
+        redis_recheck_seconds: float = DEFAULT_REDIS_RECHECK_SECONDS,
     ) -> None:
         self.credentials = credentials
-        self._redis = redis_client
+        self._shared_redis = SharedRedis(
+            redis_client,
+            f"token cache of tenant {credentials.tenant_id}",
+            degraded="tokens are cached per process",
+            recheck_seconds=redis_recheck_seconds,
+            clock=clock,
+            log=log,
+        )
+        self._redis = self._shared_redis.client
         self._session = session or requests.Session()
         self._fernet = fernet or fernet_from_secret(credentials)
         self._refresh_margin = refresh_margin
@@ -131,8 +182,7 @@ class TokenManager:
         self._on_token = on_token
         self._local: _Token | None = None
         self._local_lock = threading.Lock()
-        self._redis_warned = False
-        base = f"{namespace}:token:{credentials.cache_id}"
+        base = token_cache_key(namespace, credentials)
         self._token_key = base
         self._lock_key = f"{base}:lock"
         self._rejected_key = f"{base}:rejected"
@@ -253,8 +303,43 @@ class TokenManager:
         """POST the client-credentials grant. Never logs or raises the secret or the token."""
         creds = self.credentials
         self.token_requests += 1
+        response = self._post_grant()
+        if response.status_code in (400, 401, 403):
+            error = error_from_response(response)
+            raise InvalidCredentialsError(
+                creds.redact(f"ServiceTitan rejected the client id/secret of tenant {creds.tenant_id}: {error}"),
+                status=error.status,
+                title=error.title and creds.redact(error.title),
+                trace_id=error.trace_id,
+            )
+        if response.status_code != 200:
+            error = error_from_response(response)
+            if isinstance(error, RateLimitExceededError):
+                raise RateLimitExceededError(
+                    creds.redact(str(error)),
+                    retry_after=error.retry_after,
+                    status=error.status,
+                    trace_id=error.trace_id,
+                )
+            raise TokenRefreshError(
+                creds.redact(f"token endpoint failed: {error}"),
+                status=error.status,
+                title=error.title and creds.redact(error.title),
+                trace_id=error.trace_id,
+            )
+        value, expires_in = _token_from(response)
+        log.info("Obtained a new ServiceTitan token for tenant %s (expires in %gs)", creds.tenant_id, expires_in)
+        if self._on_renew is not None:
+            self._on_renew()
+        return value, expires_in
+
+    def _post_grant(self) -> requests.Response:
+        """The token request. A transport failure is raised outside the ``except`` block, so that
+        no ``requests`` exception (whose text may quote what was sent) rides along as context."""
+        creds = self.credentials
+        failure: TokenRefreshError | None = None
         try:
-            response = self._session.post(
+            return self._session.post(
                 creds.token_url,
                 data={
                     "grant_type": "client_credentials",
@@ -265,48 +350,10 @@ class TokenManager:
                 timeout=self._timeout,
             )
         except requests.RequestException as exc:
-            raise TokenRefreshError(f"token request failed: {error_from_exception(exc)}") from None
-        if response.status_code in (400, 401, 403):
-            error = error_from_response(response)
-            raise InvalidCredentialsError(
-                f"ServiceTitan rejected the client id/secret of tenant {creds.tenant_id}: {error}",
-                status=error.status,
-                title=error.title,
-                trace_id=error.trace_id,
-            )
-        if response.status_code != 200:
-            error = error_from_response(response)
-            if isinstance(error, RateLimitExceededError):
-                raise error
-            raise TokenRefreshError(
-                f"token endpoint failed: {error}", status=error.status, title=error.title, trace_id=error.trace_id
-            )
-        try:
-            body = response.json()
-            value = str(body["access_token"])
-            expires_in = float(body.get("expires_in", 900))
-        except (ValueError, KeyError, TypeError):
-            raise TokenRefreshError("token endpoint answered 200 without a usable access_token") from None
-        log.info("Obtained a new ServiceTitan token for tenant %s (expires in %gs)", creds.tenant_id, expires_in)
-        if self._on_renew is not None:
-            self._on_renew()
-        return value, expires_in
+            failure = TokenRefreshError(creds.redact(f"token request failed: {error_from_exception(exc)}"))
+        raise failure
 
     def _shared(self, operation: Callable[[redis.Redis], Any]) -> Any:
-        """Run a Redis operation; on Redis trouble log one warning and return ``_REDIS_DOWN``."""
-        if self._redis is None:
-            return _REDIS_DOWN
-        try:
-            result = operation(self._redis)
-        except redis.RedisError as exc:
-            if not self._redis_warned:
-                log.warning(
-                    "Redis unavailable for the token cache (%s); tokens are cached per process until it returns",
-                    type(exc).__name__,
-                )
-                self._redis_warned = True
-            return _REDIS_DOWN
-        if self._redis_warned:
-            log.info("Redis is reachable again; the token cache is shared again")
-            self._redis_warned = False
-        return result
+        """Run a Redis operation, or return ``_REDIS_DOWN`` without Redis, during an outage (see
+        :class:`SharedRedis`: one warning per outage, one try per re-check interval)."""
+        return self._shared_redis.run(operation, lambda: _REDIS_DOWN)

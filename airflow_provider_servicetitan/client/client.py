@@ -23,6 +23,9 @@ from airflow_provider_servicetitan.errors import (
     AuthenticationError,
     InvalidCredentialsError,
     MalformedResponseError,
+    ServiceTitanConnectionError,
+    ServiceTitanError,
+    ServiceTitanTimeoutError,
     error_from_exception,
     error_from_response,
 )
@@ -32,6 +35,10 @@ from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 MAX_IDS_PER_REQUEST = 50
+# How much of a transport error's own text (redacted) is kept in our error message.
+_DETAIL_CHARS = 300
+# Transport errors built from a message alone (the others carry an HTTP answer of their own).
+_PLAIN_ERRORS = (ServiceTitanError, ServiceTitanTimeoutError, ServiceTitanConnectionError)
 
 
 @dataclass(frozen=True)
@@ -185,12 +192,7 @@ class ServiceTitanClient:
             "ST-App-Key": self.credentials.app_key,
             "Accept": "application/json",
         }
-        try:
-            response = self.session.request(
-                method, url, params=params, json=json, headers=headers, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            raise error_from_exception(exc) from exc
+        response = self._transmit(method, url, params, json, headers, token)
         if response.status_code >= 400:
             raise error_from_response(response)
         if response.status_code == 204 or not response.content:
@@ -204,3 +206,26 @@ class ServiceTitanClient:
                 path=path,
                 trace_id=response.headers.get("traceId"),
             ) from None
+
+    def _transmit(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        headers: Mapping[str, str],
+        token: str,
+    ) -> requests.Response:
+        """Send one request. A transport failure becomes a provider error raised outside the
+        ``except`` block, so the ``requests`` exception (whose text may quote a header value) is
+        neither its cause nor its context; what it said is kept, without secrets, in the message."""
+        failure: ServiceTitanError | None = None
+        try:
+            return self.session.request(
+                method, url, params=params, json=json, headers=dict(headers), timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            error = error_from_exception(exc)
+            detail = self.credentials.redact(str(exc), token)[:_DETAIL_CHARS]
+            failure = type(error)(f"{error}: {detail}") if type(error) in _PLAIN_ERRORS else error
+        raise failure

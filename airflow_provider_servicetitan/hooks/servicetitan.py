@@ -10,32 +10,33 @@ Shared state (tokens, breaker) lives in the Redis of an Airflow ``redis`` connec
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any
 
 import redis
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, Connection
 from airflow.sdk.log import mask_secret
 from cryptography.fernet import Fernet, MultiFernet
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from airflow_provider_servicetitan.client.auth import TokenManager
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
-from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
+from airflow_provider_servicetitan.client.credentials import PREVIEW_CHARS, ServiceTitanCredentials
 from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import CredentialValidationError, ServiceTitanError
 from airflow_provider_servicetitan.get_provider_info import CONNECTION_TYPE
 from airflow_provider_servicetitan.metrics import MetricsListener
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
+from airflow_provider_servicetitan.resilience.retry import PRESETS as RETRY_PRESETS
 from airflow_provider_servicetitan.resilience.retry import RetryEvent, RetryPolicy
+from airflow_provider_servicetitan.resilience.shared_state import fail_fast_client
 
 log = logging.getLogger(__name__)
 
-# Redis is shared memory for coordination: a slow Redis must not slow the sync down.
-REDIS_SOCKET_TIMEOUT = 0.5
+# TLS settings a Redis connection extra may carry through to redis-py.
 _REDIS_SSL_ARGS = ("ssl", "ssl_cert_reqs", "ssl_ca_certs", "ssl_keyfile", "ssl_certfile", "ssl_check_hostname")
 _BREAKER_TUNABLES = frozenset(
     f.name for f in dataclasses.fields(BreakerConfig) if f.type in ("int", "float", int, float)
@@ -86,22 +87,36 @@ class ServiceTitanHook(BaseHook):
         self._retry_listener = retry_listener
 
     @cached_property
+    def _connection(self) -> Connection:
+        """The connection, fetched once per hook."""
+        return self.get_connection(self.servicetitan_conn_id)
+
+    @cached_property
     def _extra(self) -> dict[str, Any]:
-        return dict(self.get_connection(self.servicetitan_conn_id).extra_dejson)
+        """The connection extra, parsed here rather than by ``extra_dejson`` so that a bad one is
+        refused by name (Airflow would log it and use ``{}``) and nothing is masked before it is valid.
+        Its fields are length-capped one by one, so that an error names the field that is too long."""
+        raw = self._connection.extra
+        if not raw:
+            return {}
+        try:
+            extra = json.loads(raw)
+        except ValueError:
+            raise self._invalid("extra", "a JSON object (the text is not valid JSON)") from None
+        if not isinstance(extra, dict):
+            raise self._invalid("extra", f"a JSON object, got {type(extra).__name__}")
+        return extra
 
     def get_credentials(self) -> ServiceTitanCredentials:
-        """Read and validate the connection's credential, and mask its secrets in every log."""
-        conn = self.get_connection(self.servicetitan_conn_id)
+        """Read and validate the connection's credential, then mask its secrets in every log."""
+        conn = self._connection
         extra = self._extra
 
         def field(name: str) -> Any:
             # Form fields are stored plain in Airflow 3; older UIs prefixed them.
             return extra.get(name, extra.get(f"extra__{CONNECTION_TYPE}__{name}"))
 
-        for secret in (conn.password, field("app_key")):
-            if secret:
-                mask_secret(str(secret))
-        return ServiceTitanCredentials.from_fields(
+        credentials = ServiceTitanCredentials.from_fields(
             client_id=conn.login,
             client_secret=conn.password,
             app_key=field("app_key"),
@@ -111,17 +126,22 @@ class ServiceTitanHook(BaseHook):
             api_url=field("api_url"),
             conn_id=self.servicetitan_conn_id,
         )
+        for secret in credentials.secrets():
+            mask_secret(secret)
+        return credentials
 
     def get_retry_policy(self) -> RetryPolicy:
         """The retry policy: the one given in code, else the connection's ``retry`` settings."""
         if self._retry_policy is not None:
             return self._retry_policy
         settings = self._settings("retry", _RETRY_TUNABLES | {"preset"})
-        preset = str(settings.pop("preset", "default"))
+        preset = settings.pop("preset", "default")
+        if not isinstance(preset, str) or preset.strip().lower() not in RETRY_PRESETS:
+            raise self._invalid("extra.retry.preset", f"one of {', '.join(sorted(RETRY_PRESETS))}")
         try:
             return RetryPolicy.preset(preset, **settings)
         except ValueError as exc:
-            raise CredentialValidationError("extra.retry", str(exc), conn_id=self.servicetitan_conn_id) from None
+            raise self._invalid("extra.retry", _short(str(exc))) from None
 
     def get_breaker_config(self) -> BreakerConfig:
         """The breaker settings: the ones given in code, else the connection's ``breaker`` settings."""
@@ -130,7 +150,7 @@ class ServiceTitanHook(BaseHook):
         try:
             return BreakerConfig(**self._settings("breaker", _BREAKER_TUNABLES))
         except ValueError as exc:
-            raise CredentialValidationError("extra.breaker", str(exc), conn_id=self.servicetitan_conn_id) from None
+            raise self._invalid("extra.breaker", _short(str(exc))) from None
 
     def get_redis(self) -> redis.Redis | None:
         """A Redis client with short timeouts from the Redis connection, or ``None`` (per-process state)."""
@@ -156,6 +176,7 @@ class ServiceTitanHook(BaseHook):
             namespace=self.namespace,
             on_token=mask_secret,
             on_renew=metrics.on_renew,
+            redis_recheck_seconds=breaker_config.redis_recheck_seconds,
         )
         breaker = CircuitBreaker(
             f"tenant-{credentials.tenant_id}-{credentials.cache_id[:8]}",
@@ -180,26 +201,25 @@ class ServiceTitanHook(BaseHook):
         """A tuning section of the connection extra, e.g. ``breaker``, with unknown keys rejected."""
         section = self._extra.get(name) or {}
         if not isinstance(section, Mapping):
-            raise CredentialValidationError(
-                f"extra.{name}", "a JSON object of settings", conn_id=self.servicetitan_conn_id
-            )
+            raise self._invalid(f"extra.{name}", "a JSON object of settings")
         unknown = sorted(set(section) - allowed)
         if unknown:
-            raise CredentialValidationError(
-                f"extra.{name}.{unknown[0]}",
-                f"one of {', '.join(sorted(allowed))}",
-                conn_id=self.servicetitan_conn_id,
-            )
+            raise self._invalid(f"extra.{name}.{unknown[0][:PREVIEW_CHARS]}", f"one of {', '.join(sorted(allowed))}")
+        for key, value in section.items():
+            number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if key != "preset" and not number:
+                raise self._invalid(f"extra.{name}.{key}", "a finite number")
         return dict(section)
+
+    def _invalid(self, field: str, expected: str) -> CredentialValidationError:
+        return CredentialValidationError(field, expected, conn_id=self.servicetitan_conn_id)
 
     def _fernet(self) -> Fernet | MultiFernet | None:
         """The key for tokens in Redis: the one given in code, else Airflow's, else derived from the secret."""
         if self._token_encryption_key is not None:
             fernet = _multi_fernet(self._token_encryption_key)
             if fernet is None:
-                raise CredentialValidationError(
-                    "token_encryption_key", "valid Fernet key(s), comma-separated", conn_id=self.servicetitan_conn_id
-                )
+                raise self._invalid("token_encryption_key", "valid Fernet key(s), comma-separated")
             return fernet
         from airflow.sdk.configuration import conf
 
@@ -221,18 +241,20 @@ def redis_from_connection(conn_id: str) -> redis.Redis:
     conn = BaseHook.get_connection(conn_id)
     extra = conn.extra_dejson
     password = conn.password if conn.password and str(conn.password).lower() not in ("none", "false") else None
-    return redis.Redis(
+    target = redis.Redis(
         host=conn.host or "127.0.0.1",
         port=conn.port or 6379,
         db=int(extra.get("db") or 0),
         username=conn.login or None,
         password=password,
-        socket_timeout=REDIS_SOCKET_TIMEOUT,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-        # redis-py retries with backoff by default (seconds per command when Redis is down).
-        retry=Retry(NoBackoff(), 0),
         **{name: extra[name] for name in _REDIS_SSL_ARGS if name in extra},
     )
+    return fail_fast_client(target)
+
+
+def _short(message: str, limit: int = 200) -> str:
+    """A setting's error message, cut so that a huge value cannot make a huge error."""
+    return message if len(message) <= limit else f"{message[:limit]}..."
 
 
 def _fan_out(listeners: list[Callable[[RetryEvent], None] | None]) -> Callable[[RetryEvent], None]:

@@ -6,8 +6,8 @@ incidents, so that a "resolved" message goes only to a credential that alerted, 
 
 Keys are ``<namespace>:alert:<digest>`` and ``<namespace>:alert-open:<digest>``: hashes, never the
 incident key or the connection id in clear, and every key has a TTL. If Redis cannot be reached,
-one warning is logged and the same rules run on this process's memory: a duplicate alert is
-better than a missed one.
+one warning is logged and the same rules run on this process's memory until Redis answers again
+(tried once per re-check interval): a duplicate alert is better than a missed one.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 import redis
+
+from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS, SharedRedis
 
 __all__ = ["AlertDeduplicator"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 _NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9_.:/@-]{1,200}")
 
@@ -58,12 +57,14 @@ def _text(value: bytes | str) -> str:
 class AlertDeduplicator:
     """Decides whether an alert is the first of its incident, shared through Redis.
 
-    :param redis_client: a redis-py client with short timeouts and no retries, or ``None`` to
-        deduplicate within this process only.
+    :param redis_client: a redis-py client (used through a fail-fast copy: short timeouts, no
+        retries), or ``None`` to deduplicate within this process only.
     :param namespace: prefix of every Redis key.
     :param window_seconds: an incident alerts at most once per window.
     :param open_incident_ttl_seconds: how long a credential's open incidents are remembered for
         its "resolved" message (at least the window).
+    :param redis_recheck_seconds: while Redis is unreachable, how often to try it again.
+    :param clock: monotonic seconds, for the windows kept in memory and the re-checks (tests).
     """
 
     def __init__(
@@ -73,6 +74,8 @@ class AlertDeduplicator:
         namespace: str = "servicetitan",
         window_seconds: float = 3600.0,
         open_incident_ttl_seconds: float = 7 * 86400.0,
+        redis_recheck_seconds: float = DEFAULT_REDIS_RECHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not _NAMESPACE_PATTERN.fullmatch(namespace):
             raise ValueError(f"namespace must match {_NAMESPACE_PATTERN.pattern}, got {namespace!r}")
@@ -83,11 +86,18 @@ class AlertDeduplicator:
                 f"open_incident_ttl_seconds ({open_incident_ttl_seconds!r}) must be >= window_seconds "
                 f"({window_seconds!r})"
             )
-        self._redis = redis_client
+        self._shared = SharedRedis(
+            redis_client,
+            "alert deduplication",
+            degraded="alerts are deduplicated in this process only (other workers may repeat them)",
+            recheck_seconds=redis_recheck_seconds,
+            clock=clock,
+            log=logger,
+        )
+        self._clock = clock
         self.namespace = namespace
         self.window_seconds = window_seconds
         self.open_incident_ttl_seconds = open_incident_ttl_seconds
-        self._degraded = False
         self._lock = threading.Lock()
         self._claimed: dict[str, float] = {}  # digest -> monotonic expiry, while Redis is unusable
         self._open: dict[str, dict[str, str]] = {}  # credential digest -> {incident digest: kind}
@@ -121,7 +131,7 @@ class AlertDeduplicator:
                 return bool(pipe.execute()[0])
 
         def locally() -> bool:
-            now = time.monotonic()
+            now = self._clock()
             with self._lock:
                 self._claimed = {key: until for key, until in self._claimed.items() if until > now}
                 if credential is not None and kind is not None:
@@ -131,7 +141,7 @@ class AlertDeduplicator:
                 self._claimed[digest] = now + self.window_seconds
                 return True
 
-        return self._run(on_redis, locally)
+        return self._shared.run(on_redis, locally)
 
     def forget(self, incident_key: str) -> None:
         """End ``incident_key``'s window now: its next occurrence alerts again."""
@@ -144,7 +154,7 @@ class AlertDeduplicator:
             with self._lock:
                 self._claimed.pop(digest, None)
 
-        self._run(on_redis, locally)
+        self._shared.run(on_redis, locally)
 
     def open_incidents(self, credential: str) -> list[str]:
         """Kinds of ``credential``'s open incidents (those that alerted and were not closed)."""
@@ -156,7 +166,7 @@ class AlertDeduplicator:
             with self._lock:
                 return sorted(set(self._open.get(_digest(credential), {}).values()))
 
-        return self._run(on_redis, locally)
+        return self._shared.run(on_redis, locally)
 
     def close_incidents(self, credential: str, kind: str | None = None) -> list[str]:
         """Close ``credential``'s open incidents (of ``kind``, or all) and end their windows.
@@ -181,31 +191,4 @@ class AlertDeduplicator:
                     self._claimed.pop(digest, None)
                 return sorted(set(closed.values()))
 
-        return self._run(on_redis, locally)
-
-    def _run(self, on_redis: Callable[[redis.Redis], T], locally: Callable[[], T]) -> T:
-        """``on_redis`` if Redis answers, else ``locally`` (warning once per outage)."""
-        client = self._redis
-        if client is None:
-            return locally()
-        try:
-            result = on_redis(client)
-        except redis.RedisError as error:
-            self._redis_failed(error)
-            return locally()
-        if self._degraded:
-            self._degraded = False
-            logger.info("alert deduplication: Redis answers again; deduplicating across workers")
-        return result
-
-    def _redis_failed(self, error: redis.RedisError) -> None:
-        if self._degraded:
-            logger.debug("alert deduplication: Redis still unreachable (%s)", type(error).__name__)
-            return
-        self._degraded = True
-        logger.warning(
-            "alert deduplication: Redis unreachable (%s: %s); alerts are deduplicated in this process only "
-            "until it answers again, so other workers may repeat them",
-            type(error).__name__,
-            error,
-        )
+        return self._shared.run(on_redis, locally)

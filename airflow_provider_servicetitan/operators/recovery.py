@@ -18,7 +18,9 @@ class ServiceTitanRecoveryOperator(BaseOperator):
 
     Runs whatever happened upstream (``trigger_rule="all_done"`` by default) and is always safe to
     run again. Returns (XCom) ``{credential, status, attempted, recovered, failed, needs_attention}``
-    where ``status`` is ``success``, ``partial`` or ``failure``.
+    where ``status`` is ``success``, ``partial`` or ``failure`` and ``needs_attention`` counts the
+    parked records only a person can resolve: those without a usable id (never attempted: they
+    cannot be fetched again) and those that failed ``max_attempts`` times.
 
     :param servicetitan_conn_id: the credential's ServiceTitan connection (templated).
     :param warehouse_conn_id: the warehouse the sync wrote to (templated).
@@ -71,10 +73,11 @@ class ServiceTitanRecoveryOperator(BaseOperator):
         metrics.emit_recovery(result)
         if result.needs_attention:
             self.log.warning(
-                "%d record(s) of %s could not be recovered after %d attempts and need a person: "
-                "see the servicetitan_dead_letters table",
+                "%d record(s) of %s need a person: they have no usable id, or failed %d recovery attempts; "
+                "see the %s_dead_letters table (docs/recovery.md)",
                 result.needs_attention,
                 self.servicetitan_conn_id,
                 self.max_attempts,
+                self.table_prefix,
             )
         return result.as_dict()

@@ -11,6 +11,8 @@ from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN
 from airflow_provider_servicetitan.notifications.alerts import AlertKind
 from airflow_provider_servicetitan.notifications.classify import dead_letter_alert, resolved_alert
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
+from airflow_provider_servicetitan.storage.models import RunLog
+from airflow_provider_servicetitan.storage.store import SyncStore
 
 _COUNTS = ("pages", "records_processed", "records_successful", "records_failed", "records_recovered", "retries")
 
@@ -19,16 +21,21 @@ class ServiceTitanReportOperator(BaseOperator):
     """Sum up a run per credential and alert on what needs a person.
 
     Alerts (deduplicated across workers by the notifier): a credential with more open dead letters
-    than ``dead_letter_threshold``, and "resolved" once it is back under it. Credential rejections
-    and exhausted retries alert from the failing task's callback, an opened circuit from the
-    breaker; this task adds the totals.
+    than ``dead_letter_threshold`` or with any that only a person can resolve, and "resolved" once
+    neither holds. Credential rejections and exhausted retries alert from the failing task's
+    callback, an opened circuit from the breaker; this task adds the totals.
 
     :param connections: the credentials of the run (templated; an XCom list works).
     :param warehouse_conn_id: the warehouse the sync wrote to (templated).
     :param notifier: where alerts go; ``None`` only logs.
     :param dead_letter_threshold: open dead letters per credential that call a person.
+    :param max_recovery_attempts: the recovery task's ``max_attempts``: a dead letter that failed
+        that many times needs a person.
 
-    Returns (XCom) ``{credential: {status, pages, records_processed, ..., open_dead_letters}}``.
+    Returns (XCom) ``{credential: {pages, records_processed, ..., resources, credential_status,
+    open_dead_letters, needs_attention, interrupted}}``: ``needs_attention`` counts the open dead
+    letters only a person can resolve (no usable id, or recovery gave up); ``interrupted`` lists
+    the earlier runs this run's syncs found left ``running`` by a process that is gone.
     """
 
     template_fields: Sequence[str] = ("connections", "warehouse_conn_id")
@@ -41,6 +48,7 @@ class ServiceTitanReportOperator(BaseOperator):
         table_prefix: str = "servicetitan",
         notifier: ServiceTitanAlertNotifier | None = None,
         dead_letter_threshold: int = 50,
+        max_recovery_attempts: int = 3,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
@@ -50,31 +58,60 @@ class ServiceTitanReportOperator(BaseOperator):
         self.table_prefix = table_prefix
         self.notifier = notifier
         self.dead_letter_threshold = dead_letter_threshold
+        self.max_recovery_attempts = max_recovery_attempts
 
     def execute(self, context: Context) -> dict[str, dict[str, object]]:
         run_id = str(context["run_id"])
         store = open_store(self.warehouse_conn_id, table_prefix=self.table_prefix)
         try:
             rows = store.get_run_log(run_id)
-            totals: dict[str, dict[str, object]] = {}
-            for credential in list(self.connections):
-                mine = [row for row in rows if row.credential == credential]
-                status = store.get_credential_status(credential)
-                open_letters = store.count_unresolved_dead_letters(credential)
-                totals[credential] = {
-                    **{name: sum(int(getattr(row, name)) for row in mine) for name in _COUNTS},
-                    "resources": {row.resource: row.status for row in mine},
-                    "credential_status": status.status if status else "unknown",
-                    "open_dead_letters": open_letters,
-                }
-                if self.notifier is None:
-                    continue
-                if open_letters > self.dead_letter_threshold:
-                    self.notifier.send(dead_letter_alert(credential, open_letters, self.dead_letter_threshold))
-                else:
-                    self.notifier.send(resolved_alert(credential, AlertKind.DEAD_LETTERS_OVER_THRESHOLD))
+            totals = {
+                credential: self._credential_totals(
+                    store, credential, run_id, [row for row in rows if row.credential == credential]
+                )
+                for credential in list(self.connections)
+            }
         finally:
             store.close()
         for credential, line in totals.items():
             self.log.info("ServiceTitan sync %s for %s: %s", run_id, credential, line)
         return totals
+
+    def _credential_totals(
+        self, store: SyncStore, credential: str, run_id: str, mine: list[RunLog]
+    ) -> dict[str, object]:
+        """One credential's line of the report; alerts on its dead letters, or resolves that alert."""
+        status = store.get_credential_status(credential)
+        open_letters = store.count_unresolved_dead_letters(credential)
+        needs_attention = store.count_dead_letters_needing_attention(
+            credential, max_attempts=self.max_recovery_attempts
+        )
+        interrupted = store.interrupted_runs(credential, by_run_id=run_id)
+        for row in interrupted:
+            self.log.warning("%s: run %s of %s: %s", credential, row.run_id, row.resource, row.message)
+        if self.notifier is not None:
+            if open_letters > self.dead_letter_threshold or needs_attention:
+                alert = dead_letter_alert(credential, open_letters, self.dead_letter_threshold)
+                self.notifier.send(alert.with_details(needs_a_person=needs_attention))
+            else:
+                self.notifier.send(resolved_alert(credential, AlertKind.DEAD_LETTERS_OVER_THRESHOLD))
+        return {
+            **{name: sum(int(getattr(row, name)) for row in mine) for name in _COUNTS},
+            "resources": {row.resource: row.status for row in mine},
+            "credential_status": status.status if status else "unknown",
+            "open_dead_letters": open_letters,
+            "needs_attention": needs_attention,
+            "interrupted": [_interrupted_entry(row) for row in interrupted],
+        }
+
+
+def _interrupted_entry(row: RunLog) -> dict[str, str | None]:
+    """What the report says about a run found interrupted: JSON-ready, no record data."""
+    return {
+        "run_id": row.run_id,
+        "resource": row.resource,
+        "started_at": row.started_at.isoformat(),
+        "last_heartbeat": row.heartbeat_at.isoformat() if row.heartbeat_at else None,
+        "interrupted_at": row.finished_at.isoformat() if row.finished_at else None,
+        "message": row.message,
+    }

@@ -4,6 +4,9 @@ Errors become Airflow outcomes: a credential ServiceTitan rejects, or a misconfi
 fails the task at once (no Airflow retries) and marks the credential ``needs_attention``; later
 runs skip it, recorded, until its secret changes. Retryable failures leave each checkpoint where
 it was and let Airflow retry with exponential backoff; the other resources still sync.
+
+A person can re-export resources from the start or from a day (``reexport_from``); see
+:mod:`airflow_provider_servicetitan.sync.reexport` for why that is as safe as any sync.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from airflow_provider_servicetitan.resilience.breaker import BreakerConfig
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.storage.store import SyncStore
 from airflow_provider_servicetitan.sync.engine import ResourceSummary, SyncEvents, sync_resource
+from airflow_provider_servicetitan.sync.reexport import Reexport, parse_reexport_from, parse_reexport_resources
 
 # Airflow-level retries for failures the in-call retries could not fix (outage, open circuit).
 _TASK_RETRY_DEFAULTS: dict[str, Any] = {
@@ -58,11 +62,27 @@ class ServiceTitanSyncOperator(BaseOperator):
     :param include_recent_changes: ask the export feeds for changes of the last minutes too.
     :param alert_notifier: alerted when this task's calls open the credential's circuit breaker
         (once per transition across all workers), and told when the credential syncs cleanly.
+    :param reexport_from: ``start`` to re-export from scratch, or a day ``YYYY-MM-DD`` (not in the
+        future) to re-export the changes since then, instead of resuming from the checkpoint
+        (templated; empty or ``None``: a normal sync). Idempotent like every sync: records are
+        upserted by id. The old checkpoint stays until the re-export's first page commits; a retry
+        of the same run resumes the re-export. An invalid value fails the task without retries.
+    :param reexport_resources: which of the task's resources to re-export (templated; a list, or
+        comma-separated text as a template renders it); default: all of them. The others sync
+        normally.
 
-    Returns (XCom) ``{resource: {status, pages, processed, successful, failed, message}}``.
+    Returns (XCom) ``{resource: {status, pages, processed, successful, failed, message}}``; the
+    message of a re-exported resource says so. Before syncing a resource, earlier runs of it left
+    ``running`` by a process that is gone are marked ``interrupted`` (see ``sync.liveness``).
     """
 
-    template_fields: Sequence[str] = ("servicetitan_conn_id", "servicetitan_resources", "warehouse_conn_id")
+    template_fields: Sequence[str] = (
+        "servicetitan_conn_id",
+        "servicetitan_resources",
+        "warehouse_conn_id",
+        "reexport_from",
+        "reexport_resources",
+    )
     ui_color = "#f4b942"
 
     def __init__(
@@ -78,6 +98,8 @@ class ServiceTitanSyncOperator(BaseOperator):
         breaker_config: BreakerConfig | None = None,
         include_recent_changes: bool = False,
         alert_notifier: ServiceTitanAlertNotifier | None = None,
+        reexport_from: str | None = None,
+        reexport_resources: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         for name, value in _TASK_RETRY_DEFAULTS.items():
@@ -95,9 +117,12 @@ class ServiceTitanSyncOperator(BaseOperator):
         self.breaker_config = breaker_config
         self.include_recent_changes = include_recent_changes
         self.alert_notifier = alert_notifier
+        self.reexport_from = reexport_from
+        self.reexport_resources = reexport_resources
 
     def execute(self, context: Context) -> dict[str, dict[str, object]]:
         self._check_resources()
+        reexports = self._reexports()
         credential = self.servicetitan_conn_id
         run_id = str(context["run_id"])
         store = open_store(self.warehouse_conn_id, table_prefix=self.table_prefix)
@@ -124,12 +149,18 @@ class ServiceTitanSyncOperator(BaseOperator):
             if self.alert_notifier is not None:
                 tenant = str(client.tenant_id)
                 client.breaker.add_listener(self.alert_notifier.transition_listener(credential, tenant_id=tenant))
-            return self._sync_all(client, store, run_id, fingerprint, events)
+            return self._sync_all(client, store, run_id, fingerprint, events, reexports)
         finally:
             store.close()
 
     def _sync_all(
-        self, client: ServiceTitanClient, store: SyncStore, run_id: str, fingerprint: str, events: SyncEvents
+        self,
+        client: ServiceTitanClient,
+        store: SyncStore,
+        run_id: str,
+        fingerprint: str,
+        events: SyncEvents,
+        reexports: dict[str, Reexport],
     ) -> dict[str, dict[str, object]]:
         credential = self.servicetitan_conn_id
         summaries: dict[str, ResourceSummary] = {}
@@ -145,6 +176,7 @@ class ServiceTitanSyncOperator(BaseOperator):
                     run_id=run_id,
                     include_recent_changes=self.include_recent_changes,
                     events=events,
+                    reexport=reexports.get(resource),
                 )
             except InvalidCredentialsError as rejected:
                 metrics.count_error(credential, rejected)
@@ -180,6 +212,23 @@ class ServiceTitanSyncOperator(BaseOperator):
                 f"resources must be exportable ServiceTitan resources ({', '.join(EXPORTABLE_RESOURCES)}); "
                 f"unknown: {unknown or 'none'}, without export feed: {not_exportable or 'none'}"
             )
+
+    def _reexports(self) -> dict[str, Reexport]:
+        """The re-export asked for, by resource, checked before anything else runs."""
+        try:
+            reexport = parse_reexport_from(self.reexport_from)
+            named = parse_reexport_resources(self.reexport_resources, self.servicetitan_resources)
+        except ValueError as invalid:
+            raise AirflowFailException(str(invalid)) from None
+        if reexport is None:
+            if named:
+                raise AirflowFailException(
+                    "reexport_resources is set but reexport_from is not: set reexport_from to 'start' or a date"
+                )
+            return {}
+        chosen = named or self.servicetitan_resources
+        self.log.info("Re-exporting %s of %s from %s", ", ".join(chosen), self.servicetitan_conn_id, reexport)
+        return dict.fromkeys(chosen, reexport)
 
     def _skip_if_known_bad(self, store: SyncStore, fingerprint: str, run_id: str) -> None:
         status = store.get_credential_status(self.servicetitan_conn_id)

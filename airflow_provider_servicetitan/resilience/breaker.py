@@ -7,8 +7,10 @@ alone. After the open period it half-opens and admits a few probes across all wo
 success closes it, a probe failure opens it again for longer (exponential, capped).
 
 Every read-decide-write of the shared state is one Lua script (see :mod:`.breaker_scripts`),
-timed by the Redis clock. If Redis cannot be reached the breaker keeps working on a per-process
-state machine with the same rules, and goes back to Redis when Redis answers again.
+timed by the Redis clock (tests may inject a clock instead). If Redis cannot be reached the
+breaker keeps working on a per-process state machine with the same rules, tries Redis again once
+per ``redis_recheck_seconds``, and goes back to it when it answers
+(:class:`~.shared_state.SharedRedis`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from airflow_provider_servicetitan.resilience.breaker_scripts import (
     REPLY_HEAD,
     TRANSITION_FIELDS,
 )
+from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS, SharedRedis
 
 __all__ = [
     "BreakerConfig",
@@ -133,7 +136,7 @@ class BreakerConfig:
     half_open_max_calls: int = 1
     probe_lease_seconds: float = 30.0
     key_ttl_seconds: float = 86400.0
-    redis_recheck_seconds: float = 5.0
+    redis_recheck_seconds: float = DEFAULT_REDIS_RECHECK_SECONDS
     record_failure: Callable[[BaseException], bool] = field(default=default_record_failure, repr=False)
     ignore: Callable[[BaseException], bool] = field(default=default_ignore, repr=False)
 
@@ -182,10 +185,11 @@ class BreakerConfig:
 class BreakerTransition:
     """One state change, reported once across all processes (to the process that performed it).
 
-    ``at`` and ``open_until`` are epoch seconds (Redis time on the Redis backend); ``open_until``
-    is set only when ``to_state`` is open. ``reason`` is one of ``failure_threshold``,
-    ``failure_rate``, ``open_timeout``, ``probe_succeeded``, ``probe_failed``, ``forced_open``,
-    ``reset``. ``from_state`` equals ``to_state`` when an open breaker is forced open again.
+    ``at`` and ``open_until`` are epoch seconds (Redis time on the Redis backend, the injected
+    clock's time if the breaker was given one); ``open_until`` is set only when ``to_state`` is
+    open. ``reason`` is one of ``failure_threshold``, ``failure_rate``, ``open_timeout``,
+    ``probe_succeeded``, ``probe_failed``, ``forced_open``, ``reset``. ``from_state`` equals
+    ``to_state`` when an open breaker is forced open again.
     """
 
     name: str
@@ -218,29 +222,34 @@ class _Reply:
 
 
 class _Backend(Protocol):
-    def acquire(self, offset: float) -> _Reply: ...
+    def acquire(self) -> _Reply: ...
 
-    def record(self, offset: float, generation: int, probe_id: str, outcome: _Outcome) -> _Reply: ...
+    def record(self, generation: int, probe_id: str, outcome: _Outcome) -> _Reply: ...
 
-    def peek(self, offset: float) -> _Reply: ...
+    def peek(self) -> _Reply: ...
 
-    def force_open(self, offset: float, seconds: float) -> _Reply: ...
+    def force_open(self, seconds: float) -> _Reply: ...
 
-    def reset(self, offset: float) -> _Reply: ...
+    def reset(self) -> _Reply: ...
 
 
 class _RedisBackend:
-    """The shared state machine: every method is one call of the Lua script."""
+    """The shared state machine: every method is one call of the Lua script, timed by Redis
+    ``TIME`` unless a ``clock`` is given (its time is then passed to the script)."""
 
-    def __init__(self, client: Any, name: str, namespace: str, config: BreakerConfig) -> None:
+    def __init__(
+        self, client: Any, name: str, namespace: str, config: BreakerConfig, clock: Callable[[], float] | None
+    ) -> None:
         self._name = name
+        self._clock = clock
         self._script = client.register_script(BREAKER_LUA)
         base = f"{namespace}:breaker:{{{name}}}"
         self.keys = (f"{base}:state", f"{base}:calls", f"{base}:failures", f"{base}:probes")
         self._config_args = [repr(getattr(config, name)) for name in CONFIG_FIELDS]
 
-    def _run(self, command: str, offset: float, *extra: str) -> _Reply:
-        raw = self._script(keys=list(self.keys), args=[command, repr(offset), *self._config_args, *extra])
+    def _run(self, command: str, *extra: str) -> _Reply:
+        now = repr(float(self._clock())) if self._clock is not None else ""
+        raw = self._script(keys=list(self.keys), args=[command, now, *self._config_args, *extra])
         fields = [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
         head, tail = fields[:REPLY_HEAD], fields[REPLY_HEAD:]
         transitions = tuple(
@@ -263,35 +272,37 @@ class _RedisBackend:
             transitions=transitions,
         )
 
-    def acquire(self, offset: float) -> _Reply:
-        return self._run("acquire", offset)
+    def acquire(self) -> _Reply:
+        return self._run("acquire")
 
-    def record(self, offset: float, generation: int, probe_id: str, outcome: _Outcome) -> _Reply:
-        return self._run("record", offset, str(generation), probe_id, outcome.value)
+    def record(self, generation: int, probe_id: str, outcome: _Outcome) -> _Reply:
+        return self._run("record", str(generation), probe_id, outcome.value)
 
-    def peek(self, offset: float) -> _Reply:
-        return self._run("peek", offset)
+    def peek(self) -> _Reply:
+        return self._run("peek")
 
-    def force_open(self, offset: float, seconds: float) -> _Reply:
-        return self._run("force_open", offset, repr(float(seconds)))
+    def force_open(self, seconds: float) -> _Reply:
+        return self._run("force_open", repr(float(seconds)))
 
-    def reset(self, offset: float) -> _Reply:
-        return self._run("reset", offset)
+    def reset(self) -> _Reply:
+        return self._run("reset")
 
 
 class _LocalBackend:
-    """The same state machine as the Lua script, for one process, on the monotonic clock.
+    """The same state machine as the Lua script, for one process, on the monotonic clock (or on
+    the injected ``clock``, whose times are reported as they are).
 
     Used when no Redis client is given and while Redis is unreachable. Keep it in step with
     :data:`.breaker_scripts.BREAKER_LUA`: the same tests run against both.
     """
 
-    def __init__(self, name: str, config: BreakerConfig) -> None:
+    def __init__(self, name: str, config: BreakerConfig, clock: Callable[[], float] | None) -> None:
         self._name = name
         self._config = config
         self._lock = threading.Lock()
-        # Monotonic time + this = epoch seconds, for the timestamps reported to listeners.
-        self._wall_offset = time.time() - time.monotonic()
+        self._clock = clock if clock is not None else time.monotonic
+        # Clock time + this = epoch seconds, for the timestamps reported to listeners.
+        self._wall_offset = 0.0 if clock is not None else time.time() - time.monotonic()
         self._state = BreakerState.CLOSED
         self._generation = 0
         self._open_until = 0.0
@@ -324,11 +335,11 @@ class _LocalBackend:
         self._open_until = self._now + seconds
         self._move(BreakerState.OPEN, reason)
 
-    def _step(self, offset: float, action: Callable[[], tuple[bool, str, float] | None] | None = None) -> _Reply:
+    def _step(self, action: Callable[[], tuple[bool, str, float] | None] | None = None) -> _Reply:
         """Run ``action`` (an admission decision or a state change) atomically after the
         time-driven changes, and report what happened."""
         with self._lock:
-            self._now = time.monotonic() + offset
+            self._now = self._clock()
             self._transitions = []
             if self._state is BreakerState.OPEN and self._now >= self._open_until:
                 self._move(BreakerState.HALF_OPEN, "open_timeout")
@@ -383,20 +394,20 @@ class _LocalBackend:
         else:
             self._move(BreakerState.CLOSED, "reset")
 
-    def acquire(self, offset: float) -> _Reply:
-        return self._step(offset, self._admit)
+    def acquire(self) -> _Reply:
+        return self._step(self._admit)
 
-    def record(self, offset: float, generation: int, probe_id: str, outcome: _Outcome) -> _Reply:
-        return self._step(offset, lambda: self._settle(generation, probe_id, outcome))
+    def record(self, generation: int, probe_id: str, outcome: _Outcome) -> _Reply:
+        return self._step(lambda: self._settle(generation, probe_id, outcome))
 
-    def peek(self, offset: float) -> _Reply:
-        return self._step(offset)
+    def peek(self) -> _Reply:
+        return self._step()
 
-    def force_open(self, offset: float, seconds: float) -> _Reply:
-        return self._step(offset, lambda: self._open_for(seconds, "forced_open"))
+    def force_open(self, seconds: float) -> _Reply:
+        return self._step(lambda: self._open_for(seconds, "forced_open"))
 
-    def reset(self, offset: float) -> _Reply:
-        return self._step(offset, self._reset)
+    def reset(self) -> _Reply:
+        return self._step(self._reset)
 
 
 class BreakerPermit:
@@ -446,13 +457,15 @@ class CircuitBreaker:
 
     :param name: identifies the protected dependency (e.g. ``"servicetitan-api"``); letters,
         digits and ``_ . : / @ -``. It appears in Redis keys: never put a secret in it.
-    :param redis_client: a redis-py client with short socket timeouts and no retries, or
-        ``None`` for a per-process breaker.
+    :param redis_client: a redis-py client, or ``None`` for a per-process breaker. The breaker
+        talks to the same Redis through a fail-fast copy of it (short timeouts, no retries, see
+        :func:`~airflow_provider_servicetitan.resilience.shared_state.fail_fast_client`).
     :param config: the rules, see :class:`BreakerConfig`.
     :param namespace: prefix of every Redis key.
     :param listeners: called with each :class:`BreakerTransition` this process performs.
-    :param clock_offset: returns seconds added to the clock (Redis ``TIME``, or the monotonic
-        clock of the local fallback). For tests; production leaves it ``None`` (0).
+    :param clock: returns the current time in epoch seconds, used instead of Redis ``TIME`` and of
+        the fallback's monotonic clock. For tests; production leaves it ``None``: the shared state
+        runs on the Redis server's clock, never on a worker's.
     """
 
     def __init__(
@@ -463,7 +476,7 @@ class CircuitBreaker:
         *,
         namespace: str = "servicetitan",
         listeners: Iterable[BreakerListener] = (),
-        clock_offset: Callable[[], float] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not _NAME_PATTERN.fullmatch(name):
             raise ValueError(f"name must match {_NAME_PATTERN.pattern}, got {name!r}")
@@ -471,18 +484,28 @@ class CircuitBreaker:
             raise ValueError(f"namespace must match {_NAME_PATTERN.pattern}, got {namespace!r}")
         self.name = name
         self.config = config if config is not None else BreakerConfig()
-        self._clock_offset = clock_offset
+        self._clock = clock
         self._listeners: list[BreakerListener] = list(listeners)
-        self._redis = _RedisBackend(redis_client, name, namespace, self.config) if redis_client is not None else None
-        self._local = _LocalBackend(name, self.config)
-        self._switch_lock = threading.Lock()
-        self._on_redis = self._redis is not None
-        self._recheck_at = 0.0
+        # Any: the breaker's Lua script runs on a plain client and on a cluster client alike.
+        self._shared = SharedRedis[Any](
+            redis_client,
+            f"circuit breaker {name!r}",
+            degraded="using a per-process breaker",
+            recheck_seconds=self.config.redis_recheck_seconds,
+            clock=clock if clock is not None else time.monotonic,
+            log=logger,
+            on_recovery=self._start_local_afresh,
+        )
+        shared_client = self._shared.client
+        self._redis = (
+            _RedisBackend(shared_client, name, namespace, self.config, clock) if shared_client is not None else None
+        )
+        self._local = _LocalBackend(name, self.config, clock)
 
     @property
     def backend(self) -> Literal["redis", "local"]:
         """Where the state lives right now: shared in Redis, or in this process (fallback)."""
-        return "redis" if self._on_redis else "local"
+        return "redis" if self._shared.up else "local"
 
     @property
     def redis_keys(self) -> tuple[str, ...]:
@@ -492,7 +515,7 @@ class CircuitBreaker:
     @property
     def state(self) -> BreakerState:
         """Current state. Reading it applies a due open -> half_open transition."""
-        return self._execute(lambda backend, offset: backend.peek(offset)).state
+        return self._execute(lambda backend: backend.peek()).state
 
     def add_listener(self, listener: BreakerListener) -> None:
         """Call ``listener`` with every transition this process performs. Its exceptions are
@@ -509,7 +532,7 @@ class CircuitBreaker:
 
     def acquire(self) -> BreakerPermit:
         """Ask to make one call. Raises :class:`CircuitBreakerOpenError` if refused."""
-        reply, backend = self._execute_on(lambda backend, offset: backend.acquire(offset))
+        reply, backend = self._execute_on(lambda backend: backend.acquire())
         if not reply.admitted:
             raise CircuitBreakerOpenError(self.name, reply.retry_after)
         return BreakerPermit(self, backend, reply.generation, reply.probe_id)
@@ -535,78 +558,45 @@ class CircuitBreaker:
     def force_open(self, seconds: float) -> None:
         """Open the breaker for ``seconds`` from now, whatever its state (an operator's action)."""
         _positive(seconds, "seconds")
-        self._execute(lambda backend, offset: backend.force_open(offset, seconds))
+        self._execute(lambda backend: backend.force_open(seconds))
 
     def reset(self) -> None:
         """Close the breaker and forget its failures and re-open count."""
-        self._execute(lambda backend, offset: backend.reset(offset))
+        self._execute(lambda backend: backend.reset())
 
-    def _offset(self) -> float:
-        return float(self._clock_offset()) if self._clock_offset is not None else 0.0
-
-    def _execute(self, step: Callable[[_Backend, float], _Reply]) -> _Reply:
+    def _execute(self, step: Callable[[_Backend], _Reply]) -> _Reply:
         return self._execute_on(step)[0]
 
-    def _execute_on(self, step: Callable[[_Backend, float], _Reply]) -> tuple[_Reply, _Backend]:
+    def _execute_on(self, step: Callable[[_Backend], _Reply]) -> tuple[_Reply, _Backend]:
         """Run ``step`` on Redis if it is (or may again be) reachable, else on the local state."""
-        offset = self._offset()
         shared = self._redis
-        if shared is not None and self._redis_due(offset):
-            reply = self._try_redis(lambda: step(shared, offset), offset)
+        if shared is not None:
+            reply = self._try_redis(lambda: step(shared))
             if reply is not None:
                 return reply, shared
         local = self._local
-        reply = step(local, offset)
+        reply = step(local)
         self._notify(reply.transitions)
         return reply, local
 
     def _record(self, backend: _Backend, generation: int, probe_id: str, outcome: _Outcome) -> None:
-        offset = self._offset()
         if backend is self._local:
-            self._notify(backend.record(offset, generation, probe_id, outcome).transitions)
-        elif backend is self._redis and self._on_redis:
-            self._try_redis(lambda: backend.record(offset, generation, probe_id, outcome), offset)
+            self._notify(backend.record(generation, probe_id, outcome).transitions)
+        elif backend is self._redis and self._shared.up:
+            self._try_redis(lambda: backend.record(generation, probe_id, outcome))
         # Otherwise the call was admitted by the other backend: its generation means nothing here.
 
-    def _redis_due(self, offset: float) -> bool:
-        return self._on_redis or time.monotonic() + offset >= self._recheck_at
-
-    def _try_redis(self, step: Callable[[], _Reply], offset: float) -> _Reply | None:
-        """Run a Redis ``step``, switching backends on failure or recovery. ``None`` if Redis failed."""
-        try:
-            reply = step()
-        except redis.RedisError as error:
-            self._redis_failed(error, offset)
-            return None
-        if not self._on_redis:
-            self._redis_recovered()
-        self._notify(reply.transitions)
+    def _try_redis(self, step: Callable[[], _Reply]) -> _Reply | None:
+        """Run a Redis ``step`` and report its transitions; ``None`` if Redis was not used (an
+        outage: see :class:`SharedRedis`)."""
+        reply = self._shared.run(lambda _client: step(), lambda: None)
+        if reply is not None:
+            self._notify(reply.transitions)
         return reply
 
-    def _redis_failed(self, error: redis.RedisError, offset: float) -> None:
-        with self._switch_lock:
-            self._recheck_at = time.monotonic() + offset + self.config.redis_recheck_seconds
-            if not self._on_redis:
-                logger.debug("circuit breaker %r: Redis still unreachable (%s)", self.name, error)
-                return
-            self._on_redis = False
-        logger.warning(
-            "circuit breaker %r: Redis unreachable (%s: %s); using a per-process breaker until it "
-            "answers again (rechecked every %gs)",
-            self.name,
-            type(error).__name__,
-            error,
-            self.config.redis_recheck_seconds,
-        )
-
-    def _redis_recovered(self) -> None:
-        with self._switch_lock:
-            if self._on_redis:
-                return
-            self._on_redis = True
-            # The next outage starts from a clean local state, not from this one's leftovers.
-            self._local = _LocalBackend(self.name, self.config)
-        logger.info("circuit breaker %r: Redis answers again; using the shared breaker state", self.name)
+    def _start_local_afresh(self) -> None:
+        """Redis answers again: the next outage starts from a clean local state, not this one's."""
+        self._local = _LocalBackend(self.name, self.config, self._clock)
 
     def _notify(self, transitions: Iterable[BreakerTransition]) -> None:
         for transition in transitions:

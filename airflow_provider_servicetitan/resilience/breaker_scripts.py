@@ -4,10 +4,11 @@ One script holds the whole state machine and is dispatched on a command name, so
 read-decide-write of a breaker is a single atomic script call: no interleaving of workers can
 admit a probe twice, perform a transition twice or let a stale outcome flip a newer state.
 
-Time is Redis ``TIME`` plus an offset (``0`` in production, the injected clock in tests), and
-every deadline (open period, probe lease, window) is compared against that time inside the
-script. Key TTLs only collect garbage. Numbers sent to Redis or back to Python are formatted as
-strings: Redis would truncate Lua numbers in replies and round them in command arguments.
+Time is Redis ``TIME`` in production (never a worker's clock), or the time in ``ARGV[2]`` when
+the breaker was given a clock (tests); every deadline (open period, probe lease, window) is
+compared against that time inside the script. Key TTLs only collect garbage. Numbers sent to
+Redis or back to Python are formatted as strings: Redis would truncate Lua numbers in replies and
+round them in command arguments.
 
 Keys (all four share one hash tag, so the script also runs on Redis Cluster):
 
@@ -17,10 +18,10 @@ Keys (all four share one hash tag, so the script also runs on Redis Cluster):
 * ``KEYS[4]`` ZSET of the probe leases, scored by lease expiry
 
 Arguments: ``ARGV[1]`` command (``acquire`` | ``record`` | ``peek`` | ``force_open`` |
-``reset``), ``ARGV[2]`` clock offset, ``ARGV[3..12]`` the configuration in the order of
-:data:`CONFIG_FIELDS`, then the command's own arguments: ``record`` takes generation, probe id
-(empty when the call was not a probe) and outcome (``success`` | ``failure`` | ``ignored``);
-``force_open`` takes the seconds to stay open.
+``reset``), ``ARGV[2]`` the time in seconds (empty: use Redis ``TIME``), ``ARGV[3..12]`` the
+configuration in the order of :data:`CONFIG_FIELDS`, then the command's own arguments: ``record``
+takes generation, probe id (empty when the call was not a probe) and outcome (``success`` |
+``failure`` | ``ignored``); ``force_open`` takes the seconds to stay open.
 
 Reply: ``state, generation, admitted (1|0), probe id, retry_after`` followed by five strings per
 transition performed by this call: ``from, to, reason, at, open_until`` (empty unless to open).
@@ -62,8 +63,13 @@ local half_open_max_calls = tonumber(ARGV[10])
 local probe_lease_seconds = tonumber(ARGV[11])
 local key_ttl_seconds = tonumber(ARGV[12])
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + tonumber(ARGV[2])
+local now
+if ARGV[2] == '' then
+  local clock = redis.call('TIME')
+  now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+else
+  now = tonumber(ARGV[2])
+end
 
 local function fmt(x)
   return string.format('%.6f', x)

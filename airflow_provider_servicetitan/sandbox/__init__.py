@@ -3,7 +3,8 @@
 It serves the token endpoint, the tenant list endpoints and the export feeds of every resource in
 the catalogue over real HTTP, from data generated deterministically from a seed, and can be told
 to misbehave (errors, latency, timeouts, resets, outages, 429 bursts, malformed records, broken
-or truncated pages). ``/_sandbox/`` endpoints steer it and tell the truth about its data.
+or truncated pages, requests held after N pages). ``/_sandbox/`` endpoints steer it and tell the
+truth about its data.
 """
 
 from airflow_provider_servicetitan.sandbox.admin import SandboxAdmin, SandboxAdminError

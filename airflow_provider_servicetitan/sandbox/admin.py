@@ -20,8 +20,9 @@ class SandboxAdmin:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
 
-    def _call(self, method: str, path: str, json: Any = None) -> Any:
-        response = requests.request(method, f"{self.base_url}/_sandbox/{path}", json=json, timeout=_TIMEOUT)
+    def _call(self, method: str, path: str, json: Any = None, *, wait: float = 0.0) -> Any:
+        url = f"{self.base_url}/_sandbox/{path}"
+        response = requests.request(method, url, json=json, timeout=_TIMEOUT + wait)
         if not response.ok:
             raise SandboxAdminError(f"{method} /_sandbox/{path} -> {response.status_code}: {response.text}")
         return response.json()
@@ -32,7 +33,7 @@ class SandboxAdmin:
         return result
 
     def faults(self) -> dict[str, Any]:
-        """The active fault knobs, outage window and burst state."""
+        """The active fault knobs, outage window, burst state, export pages served and requests held."""
         result: dict[str, Any] = self._call("GET", "faults")
         return result
 
@@ -42,13 +43,37 @@ class SandboxAdmin:
         result: dict[str, Any] = self._call("POST", "faults", payload)
         return result
 
+    def wait_for_held(self, count: int = 1, timeout: float = 60.0) -> int:
+        """Return once exactly ``count`` API requests are held (``hold_after_pages`` or the timeout fault).
+
+        :raises SandboxAdminError: not so within ``timeout`` seconds.
+        """
+        result: int = self._call("POST", "held/wait", {"count": count, "timeout": timeout}, wait=timeout)[
+            "held_requests"
+        ]
+        return result
+
     def revoke_tokens(self) -> int:
         """Invalidate every token issued so far; returns how many were live."""
         result: int = self._call("POST", "tokens/revoke")["revoked"]
         return result
 
+    def rotate_secret(self, tenant: int, *, revoke_tokens: bool = False) -> str:
+        """Give ``tenant``'s client id a new client secret (from the seed) and return it.
+
+        The token endpoint refuses the old secret from now on. Tokens issued before stay valid
+        until they expire unless ``revoke_tokens``. :attr:`SandboxServer.credentials` and
+        :meth:`config` show the new secret.
+
+        :raises SandboxAdminError: no such tenant (404).
+        """
+        result: str = self._call("POST", f"credentials/{tenant}/rotate", {"revoke_tokens": revoke_tokens})[
+            "client_secret"
+        ]
+        return result
+
     def reset(self) -> None:
-        """Data back to the seed, stats zero, faults as at start, clock offset zero, no tokens."""
+        """Data and client secrets back to the seed, stats zero, faults as at start, clock offset zero, no tokens."""
         self._call("POST", "reset")
 
     def mutate(

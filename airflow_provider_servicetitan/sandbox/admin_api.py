@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
@@ -28,6 +28,13 @@ class ClockAdvance(BaseModel):
     """Body of ``POST /_sandbox/clock/advance``."""
 
     seconds: float = Field(ge=0)
+
+
+class HeldWait(BaseModel):
+    """Body of ``POST /_sandbox/held/wait``: wait until exactly ``count`` requests are held."""
+
+    count: int = Field(default=1, ge=0)
+    timeout: float = Field(default=60.0, gt=0, le=600)
 
 
 def admin_router(state: SandboxState) -> APIRouter:
@@ -59,24 +66,48 @@ def admin_router(state: SandboxState) -> APIRouter:
     async def stats() -> dict[str, Any]:
         return state.stats.snapshot()
 
+    def faults() -> dict[str, Any]:
+        return {**state.faults.describe(state.clock.now()), "held_requests": state.held.count}
+
     @router.get("/faults")
     async def get_faults() -> dict[str, Any]:
-        return state.faults.describe(state.clock.now())
+        return faults()
 
     @router.post("/faults")
     async def set_faults(payload: dict[str, Any] = Body(default_factory=dict)) -> dict[str, Any]:  # noqa: B008
         knobs = dict(payload)
         profile = knobs.pop("profile", None)
-        now = state.clock.now()
         try:
-            state.faults.apply(profile, knobs, now)
+            state.set_faults(profile, knobs)
         except ValueError as exc:
             raise ProblemError(400, "Invalid faults", detail=str(exc)) from None
-        return state.faults.describe(now)
+        return faults()
+
+    @router.post("/held/wait")
+    async def wait_held(request: HeldWait) -> dict[str, Any]:
+        if not await state.held.wait_until(request.count, request.timeout):
+            detail = f"{state.held.count} request(s) held after {request.timeout:g}s, not {request.count}."
+            raise ProblemError(408, "Held requests not reached", detail=detail)
+        return {"held_requests": state.held.count}
 
     @router.post("/tokens/revoke")
     async def revoke_tokens() -> dict[str, Any]:
         return {"revoked": state.tokens.revoke_all()}
+
+    @router.post("/credentials/{tenant}/rotate")
+    async def rotate_secret(tenant: int, revoke_tokens: Annotated[bool, Body(embed=True)] = False) -> dict[str, Any]:
+        """A new client secret for the tenant's client id (JSON ``{"revoke_tokens": true}`` revokes
+        its tokens too; without it they stay valid until they expire)."""
+        try:
+            credential, revoked = state.rotate_secret(tenant, revoke_tokens=revoke_tokens)
+        except KeyError:
+            raise ProblemError(404, detail=f"No tenant {tenant}.") from None
+        return {
+            "tenant_id": credential.tenant_id,
+            "client_id": credential.client_id,
+            "client_secret": credential.client_secret,
+            "revoked_tokens": revoked,
+        }
 
     @router.post("/reset")
     async def reset() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The sandbox as one ASGI application: API and admin routes behind the fault layer."""
+"""The sandbox as one ASGI application: API and admin routes behind the fault layer and the ``Date`` layer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from airflow_provider_servicetitan.sandbox.admin_api import admin_router
 from airflow_provider_servicetitan.sandbox.api import api_router
+from airflow_provider_servicetitan.sandbox.dates import DateHeaders
 from airflow_provider_servicetitan.sandbox.middleware import FaultMiddleware
 from airflow_provider_servicetitan.sandbox.problems import ProblemError
 from airflow_provider_servicetitan.sandbox.state import SandboxState
@@ -37,4 +38,4 @@ def create_app(state: SandboxState) -> ASGIApp:
             errors.setdefault(field, []).append(error["msg"])
         return ProblemError(400, "One or more validation errors occurred.", errors=errors).response()
 
-    return FaultMiddleware(api, state)
+    return DateHeaders(FaultMiddleware(api, state), state)

@@ -1,7 +1,8 @@
 """Tenants and their credentials, derived from the seed so that a demo can be reproduced.
 
 They look like ServiceTitan's (``cid.``, ``cs1.``, ``ak1.`` prefixes) but are the sandbox's own
-fake secrets: printing them is fine.
+fake secrets: printing them is fine. A rotated secret comes from the seed too (see
+:func:`rotated_secret`), so a test that rotates is as reproducible as one that does not.
 """
 
 from __future__ import annotations
@@ -53,3 +54,8 @@ def derive_credentials(seed: int, tenants: int) -> list[SandboxCredential]:
             )
         )
     return credentials
+
+
+def rotated_secret(seed: int, tenant_id: int, rotation: int) -> str:
+    """The client secret of ``tenant_id`` after its ``rotation``-th rotation (1, 2, ...) since start or reset."""
+    return _secret(random.Random(f"{seed}:credential:{tenant_id}:rotation:{rotation}"), "cs1.", 60)  # noqa: S311

@@ -9,6 +9,7 @@ fate on every replay with the same ``seed`` and ``fault_seed``.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -83,6 +84,7 @@ class FaultInjector:
         self._profile = profile
         self._outage_until = 0.0
         self._burst_remaining = 0
+        self._pages_served: Counter[int] = Counter()
         self._rngs: dict[int | str, random.Random] = {}
         self.apply(profile, knobs, now)
 
@@ -95,7 +97,8 @@ class FaultInjector:
 
         The RNG streams are reseeded. An outage window starts now when ``outage_seconds`` is given
         (as a knob or by the profile); a 429 burst starts when ``burst_429`` is given or a profile
-        is chosen.
+        is chosen; export pages are counted afresh for ``hold_after_pages`` when it is given or a
+        profile is chosen.
 
         :raises ValueError: unknown profile, unknown knob or invalid value.
         """
@@ -107,6 +110,8 @@ class FaultInjector:
             self._outage_until = now + config.outage_seconds
         if profile is not None or "burst_429" in knobs:
             self._burst_remaining = config.burst_429
+        if profile is not None or "hold_after_pages" in knobs:
+            self._pages_served = Counter()
         self._rngs = {}
 
     def describe(self, now: float) -> dict[str, Any]:
@@ -116,7 +121,18 @@ class FaultInjector:
             **self._config.to_dict(),
             "outage_remaining": max(0.0, self._outage_until - now),
             "burst_remaining": self._burst_remaining,
+            "export_pages_served": {str(tenant): n for tenant, n in sorted(self._pages_served.items())},
         }
+
+    def export_page_served(self, tenant_id: int) -> None:
+        """Count an export page served intact to ``tenant_id`` (for ``hold_after_pages``)."""
+        self._pages_served[tenant_id] += 1
+
+    def holds(self, tenant_id: int) -> bool:
+        """Whether API requests of ``tenant_id`` are held now: ``hold_after_pages`` pages were served."""
+        config = self._config
+        limit = config.hold_after_pages
+        return limit is not None and config.covers(tenant_id) and self._pages_served[tenant_id] >= limit
 
     def _rng(self, stream: int | str) -> random.Random:
         rng = self._rngs.get(stream)

@@ -5,14 +5,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 from airflow_provider_servicetitan.sandbox.licensing import checked_modules
+
+RetryAfterFormat = Literal["seconds", "http-date"]
+RETRY_AFTER_FORMATS: tuple[RetryAfterFormat, ...] = ("seconds", "http-date")
 
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """The fault knobs. Rates are probabilities per request (per record for ``malformed_rate``)."""
+    """The fault knobs. Rates are probabilities per request (per record for ``malformed_rate``).
+
+    ``hold_after_pages`` is not random: once that many export pages have been served to a tenant,
+    its API requests are held unanswered until the knob changes (a test's way to stop a client at a
+    known page). ``retry_after_format`` is how every 429 says when to come back.
+    """
 
     fault_seed: int = 0
     tenants: tuple[int, ...] | None = None
@@ -27,6 +35,7 @@ class FaultConfig:
     burst_rate: float = 0.0
     burst_size: int = 3
     burst_429_retry_after: int = 1
+    retry_after_format: RetryAfterFormat = "seconds"
     maintenance_rate: float = 0.0
     malformed_rate: float = 0.0
     broken_json_rate: float = 0.0
@@ -34,6 +43,7 @@ class FaultConfig:
     token_error_rate: float = 0.0
     rate_limit: int | None = None
     unlicensed_modules: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    hold_after_pages: int | None = None
 
     def covers(self, tenant_id: int | None) -> bool:
         """Whether faults apply to ``tenant_id`` (``None``: a request of no known tenant)."""
@@ -119,6 +129,16 @@ def _optional_limit(value: Any) -> int | None:
     return None if _is_unset(value) else _positive(value)
 
 
+def _optional_count(value: Any) -> int | None:
+    return None if _is_unset(value) else _count(value)
+
+
+def _retry_after_format(value: Any) -> RetryAfterFormat:
+    if value not in RETRY_AFTER_FORMATS:
+        raise ValueError(f"expected one of {', '.join(RETRY_AFTER_FORMATS)}")
+    return cast(RetryAfterFormat, value)
+
+
 def _unlicensed(value: Any) -> dict[int, tuple[str, ...]]:
     """``{tenant: [module, ...]}``, or the string ``TENANT:MODULE[,TENANT:MODULE...]``."""
     if _is_unset(value):
@@ -148,6 +168,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "burst_rate": _rate,
     "burst_size": _positive,
     "burst_429_retry_after": _positive,
+    "retry_after_format": _retry_after_format,
     "maintenance_rate": _rate,
     "malformed_rate": _rate,
     "broken_json_rate": _rate,
@@ -155,6 +176,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "token_error_rate": _rate,
     "rate_limit": _optional_limit,
     "unlicensed_modules": _unlicensed,
+    "hold_after_pages": _optional_count,
 }
 
 FAULT_KNOBS: tuple[str, ...] = tuple(_PARSERS)

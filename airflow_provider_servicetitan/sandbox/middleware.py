@@ -1,7 +1,7 @@
 """The ASGI layer that injects faults around the faithful API and counts what was served.
 
-It sits outermost, directly under uvicorn, so it can delay, replace or spoil an answer and reach
-the connection itself. ``/_sandbox/`` requests pass through untouched and uncounted.
+It sits under the ``Date`` layer only, so it can delay, hold, replace or spoil an answer and
+reach the connection itself. ``/_sandbox/`` requests pass through untouched and uncounted.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import NamedTuple
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from airflow_provider_servicetitan.sandbox.api import TOKEN_PATH
-from airflow_provider_servicetitan.sandbox.faults import NO_FAULT, FaultKind, FaultPlan
+from airflow_provider_servicetitan.sandbox.faults import NO_FAULT, FaultInjector, FaultKind, FaultPlan
 from airflow_provider_servicetitan.sandbox.problems import ProblemError
 from airflow_provider_servicetitan.sandbox.state import SandboxState
 from airflow_provider_servicetitan.sandbox.stats import Stats
-from airflow_provider_servicetitan.sandbox.transport import close_connection, hold, reset_connection
+from airflow_provider_servicetitan.sandbox.transport import KeptRequest, close_connection, hold, reset_connection
 
 ADMIN_PREFIX = "/_sandbox/"
 _TENANT_PATH = re.compile(r"/[^/]+/v2/tenant/(?P<tenant>\d+)/(?P<export>export/)?(?P<resource>[^/]+)")
@@ -51,6 +51,17 @@ def _counting(send: Send, stats: Stats) -> Send:
     async def counted(message: Message) -> None:
         if message["type"] == "http.response.start":
             stats.response(message["status"])
+        await send(message)
+
+    return counted
+
+
+def _counting_pages(send: Send, faults: FaultInjector, tenant_id: int) -> Send:
+    """Counts an export answer of 200 as a page served to ``tenant_id`` (``hold_after_pages``)."""
+
+    async def counted(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == HTTPStatus.OK:
+            faults.export_page_served(tenant_id)
         await send(message)
 
     return counted
@@ -113,8 +124,33 @@ class FaultMiddleware:
         target = classify(scope["path"])
         stats = state.stats
         stats.request(*target)
-        plan = NO_FAULT if target.tenant_id is None else state.faults.plan(target.tenant_id, state.clock.now())
+        tenant_id = target.tenant_id
+        if tenant_id is None:
+            await self._serve(NO_FAULT, scope, receive, _counting(send, stats), stats)
+            return
+        if state.faults.holds(tenant_id):
+            let_go = await self._hold(tenant_id, receive)
+            if let_go is None:
+                return
+            receive = let_go
+        # Drawn only now: a held request draws when it is let go, one that never is draws nothing.
+        plan = state.faults.plan(tenant_id, state.clock.now())
+        if target.endpoint == "export" and plan.action is None and plan.body_fault is None:
+            send = _counting_pages(send, state.faults, tenant_id)
         await self._serve(plan, scope, receive, _counting(send, stats), stats)
+
+    async def _hold(self, tenant_id: int, receive: Receive) -> Receive | None:
+        """Hold a request of ``tenant_id`` while ``hold_after_pages`` says so.
+
+        :returns: the ``receive`` to serve it with once let go, or ``None`` when the client left or
+            the server is stopping (the connection is then closed).
+        """
+        state = self._state
+        kept = KeptRequest(receive)
+        if await state.held.hold(lambda: state.faults.holds(tenant_id), kept.until_disconnect(), state.stopping):
+            return kept.receive
+        await close_connection(kept.receive)
+        return None
 
     async def _serve(self, plan: FaultPlan, scope: Scope, receive: Receive, send: Send, stats: Stats) -> None:
         if plan.delay > 0:
@@ -125,7 +161,9 @@ class FaultMiddleware:
         if plan.action is FaultKind.RESET:
             await reset_connection(receive)
         elif plan.action is FaultKind.TIMEOUT:
-            if await hold(receive, self._state.faults.config.timeout_hold, self._state.stopping):
+            with self._state.held.counted():
+                ended_early = await hold(receive, self._state.faults.config.timeout_hold, self._state.stopping)
+            if ended_early:
                 await close_connection(receive)
             else:
                 await ProblemError(504).response()(scope, receive, send)

@@ -68,7 +68,7 @@ class SandboxServer:
 
     @property
     def credentials(self) -> list[SandboxCredential]:
-        """One credential per tenant."""
+        """One credential per tenant, with its current client secret (after a rotation, the new one)."""
         return list(self._state.credentials)
 
     @property
@@ -86,6 +86,7 @@ class SandboxServer:
             log_config=None,
             log_level=self.config.log_level,
             access_log=False,
+            date_header=False,  # the sandbox sets Date from its own clock (sandbox/dates.py)
             lifespan="off",
             loop="asyncio",
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN,

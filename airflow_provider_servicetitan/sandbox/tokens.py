@@ -27,7 +27,7 @@ def _jwt_part(claims: dict[str, Any]) -> str:
 
 
 class TokenRegistry:
-    """Issues tokens, answers whether a token is valid now, revokes them all."""
+    """Issues tokens, answers whether a token is valid now, revokes them all or a client's."""
 
     def __init__(self) -> None:
         self._tokens: dict[str, IssuedToken] = {}
@@ -60,4 +60,11 @@ class TokenRegistry:
         """Invalidate every token issued so far; returns how many were still held."""
         revoked = len(self._tokens)
         self._tokens = {}
+        return revoked
+
+    def revoke_client(self, client_id: str) -> int:
+        """Invalidate every token issued to ``client_id``; returns how many were still held."""
+        kept = {token: issued for token, issued in self._tokens.items() if issued.client_id != client_id}
+        revoked = len(self._tokens) - len(kept)
+        self._tokens = kept
         return revoked

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections import deque
 from typing import Any
 
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 
 def _transport(receive: Receive) -> Any:
@@ -54,3 +55,28 @@ async def hold(receive: Receive, seconds: float, release: asyncio.Event) -> bool
     for waiter in pending:
         waiter.cancel()
     return bool(done)
+
+
+class KeptRequest:
+    """A request's ``receive`` that can listen for the client leaving without losing the request.
+
+    Hearing of a disconnect means reading the request's messages; :meth:`until_disconnect` keeps
+    them, and :meth:`receive` hands them to the app first, so a request held for a while is then
+    served as if nothing had been read. Connection tricks reach the transport through it too.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._kept: deque[Message] = deque()
+        self.transport = _transport(receive)
+
+    async def until_disconnect(self) -> None:
+        """Return once the client has gone, keeping every other message for the app."""
+        while (message := await self._receive())["type"] != "http.disconnect":
+            self._kept.append(message)
+
+    async def receive(self) -> Message:
+        """The ``receive`` to pass on: the kept messages first, then the connection's."""
+        if self._kept:
+            return self._kept.popleft()
+        return await self._receive()

@@ -1,12 +1,16 @@
 """The sync store: records, checkpoints, dead letters, run log and credential health (SQLAlchemy, no Airflow)."""
 
 from airflow_provider_servicetitan.storage.models import (
+    INTERRUPTED,
+    RECOVERED,
+    RUNNING,
     Checkpoint,
     CredentialState,
     CredentialStatus,
     DeadLetter,
     DeadLetterIn,
     RunLog,
+    RunOwner,
     RunStatus,
     StoredRecord,
     raw_text,
@@ -15,6 +19,9 @@ from airflow_provider_servicetitan.storage.schema import SCHEMA_VERSION
 from airflow_provider_servicetitan.storage.store import SchemaVersionError, SyncStore
 
 __all__ = [
+    "INTERRUPTED",
+    "RECOVERED",
+    "RUNNING",
     "SCHEMA_VERSION",
     "Checkpoint",
     "CredentialState",
@@ -22,6 +29,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterIn",
     "RunLog",
+    "RunOwner",
     "RunStatus",
     "SchemaVersionError",
     "StoredRecord",

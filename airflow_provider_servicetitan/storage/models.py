@@ -13,6 +13,11 @@ CredentialState = Literal["ok", "degraded", "needs_attention"]
 RunStatus = Literal["success", "partial", "failed", "skipped"]
 """How a (run, credential, resource) ended; its log row says ``running`` until then."""
 RUN_STATUSES: tuple[RunStatus, ...] = ("success", "partial", "failed", "skipped")
+RUNNING = "running"
+INTERRUPTED = "interrupted"
+"""A ``running`` row whose process was found gone by a later sync: it will never finish."""
+RECOVERED = "recovered"
+"""A row that only counts records the recovery stored: no sync of the resource ran in that run."""
 
 
 def raw_text(raw: object) -> str:
@@ -59,13 +64,18 @@ class DeadLetterIn:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A parked record as stored. ``attempts`` counts failed recovery attempts (0 when parked)."""
+    """A parked record as stored. ``attempts`` counts failed recovery attempts (0 when parked).
+
+    ``record_number`` is the number recovery fetches the record again by; ``None`` when its id names
+    none (missing or unusable): such a letter needs a person from the start.
+    """
 
     id: int
     credential: str
     tenant_id: int
     resource: str
     record_id: str | None
+    record_number: int | None
     raw: str
     error_class: str
     message: str
@@ -84,6 +94,7 @@ class Checkpoint:
     :param continue_from: the export feed's last committed ``continueFrom`` token, if any.
     :param last_modified_on: the newest ``modifiedOn`` committed so far.
     :param tenant_id: the tenant the checkpoint was taken for.
+    :param reexport_run_id: the run whose re-export last restarted it, if any.
     """
 
     credential: str
@@ -92,11 +103,33 @@ class Checkpoint:
     continue_from: str | None
     last_modified_on: datetime | None
     updated_at: datetime
+    reexport_run_id: str | None
+
+
+@dataclass(frozen=True)
+class RunOwner:
+    """The process that runs a sync, as its log row remembers it.
+
+    :param host: the host name, for people.
+    :param scope: where ``pid`` means something: same scope, same process table (same host, boot
+        and PID namespace), so the PID can be looked up there.
+    :param pid: the process id.
+    """
+
+    host: str
+    scope: str
+    pid: int
 
 
 @dataclass(frozen=True)
 class RunLog:
-    """The counts of one (run, credential, resource); ``status`` is ``running`` or a :data:`RunStatus`."""
+    """The counts of one (run, credential, resource).
+
+    ``status`` is ``running``, a :data:`RunStatus`, :data:`INTERRUPTED` (then ``finished_at`` is
+    when that was found and ``interrupted_by`` the run that found it) or :data:`RECOVERED`. The
+    owner and ``heartbeat_at`` (updated at every committed page) tell whether a running row's
+    process is still there.
+    """
 
     run_id: str
     credential: str
@@ -112,6 +145,11 @@ class RunLog:
     started_at: datetime
     finished_at: datetime | None
     message: str | None
+    owner_host: str | None
+    owner_scope: str | None
+    owner_pid: int | None
+    heartbeat_at: datetime | None
+    interrupted_by: str | None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The tables of the sync store, all named ``<prefix>_...`` (default prefix ``servicetitan``).
 
-Bump :data:`SCHEMA_VERSION` whenever a table changes, and teach ``SyncStore.create_tables`` how to
-migrate from the previous version: the version row is how an existing database says what it holds.
+Bump :data:`SCHEMA_VERSION` whenever a table changes, and add the step from the previous version to
+:mod:`~airflow_provider_servicetitan.storage.migrations`: the version row is how an existing
+database says what it holds, and ``SyncStore.create_tables`` upgrades it step by step.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, Index, Inte
 from airflow_provider_servicetitan.client.resources import RESOURCES
 from airflow_provider_servicetitan.storage.types import AUTOINCREMENT_ID, JSON_DOCUMENT, UtcDateTime
 
-SCHEMA_VERSION = 1
-"""Version of the table layout this code writes and reads."""
+SCHEMA_VERSION = 2
+"""Version of the table layout this code writes and reads (2: run owners and heartbeats, the
+``interrupted`` status, re-exports, the number a dead letter can be fetched again by)."""
 
 CREDENTIAL_STATUSES = ("ok", "degraded", "needs_attention")
 
@@ -69,31 +71,11 @@ def build_tables(prefix: str) -> Tables:
             Column("continue_from", Text, nullable=True),
             Column("last_modified_on", UtcDateTime, nullable=True),
             Column("updated_at", UtcDateTime, nullable=False),
+            # The run whose re-export last restarted this checkpoint: a retry of that run resumes it.
+            Column("reexport_run_id", _NAME, nullable=True),
         ),
         dead_letters=_dead_letter_table(metadata, prefix),
-        sync_log=Table(
-            f"{prefix}_sync_log",
-            metadata,
-            Column("run_id", _NAME, primary_key=True),
-            Column("credential", _NAME, primary_key=True),
-            Column("resource", _RESOURCE_NAME, primary_key=True),
-            Column("status", String(32), nullable=False),
-            *(
-                Column(name, BigInteger, nullable=False, default=0)
-                for name in (
-                    "pages",
-                    "records_processed",
-                    "records_successful",
-                    "records_failed",
-                    "records_recovered",
-                    "retries",
-                    "breaker_events",
-                )
-            ),
-            Column("started_at", UtcDateTime, nullable=False),
-            Column("finished_at", UtcDateTime, nullable=True),
-            Column("message", Text, nullable=True),
-        ),
+        sync_log=_sync_log_table(metadata, prefix),
         credential_status=Table(
             f"{prefix}_credential_status",
             metadata,
@@ -109,6 +91,43 @@ def build_tables(prefix: str) -> Tables:
             ),
         ),
     )
+
+
+def _sync_log_table(metadata: MetaData, prefix: str) -> Table:
+    table = Table(
+        f"{prefix}_sync_log",
+        metadata,
+        Column("run_id", _NAME, primary_key=True),
+        Column("credential", _NAME, primary_key=True),
+        Column("resource", _RESOURCE_NAME, primary_key=True),
+        Column("status", String(32), nullable=False),
+        *(
+            Column(name, BigInteger, nullable=False, default=0)
+            for name in (
+                "pages",
+                "records_processed",
+                "records_successful",
+                "records_failed",
+                "records_recovered",
+                "retries",
+                "breaker_events",
+            )
+        ),
+        Column("started_at", UtcDateTime, nullable=False),
+        Column("finished_at", UtcDateTime, nullable=True),
+        Column("message", Text, nullable=True),
+        # Who runs it and its last sign of life, to tell a dead run from a live one (sync.liveness).
+        Column("owner_host", String(255), nullable=True),
+        Column("owner_scope", String(64), nullable=True),
+        Column("owner_pid", BigInteger, nullable=True),
+        Column("heartbeat_at", UtcDateTime, nullable=True),
+        # The run whose sync found this one's process gone and marked it ``interrupted``.
+        Column("interrupted_by", _NAME, nullable=True),
+    )
+    # What the next sync (the running rows of a resource) and the report (the rows a run closed) look up.
+    Index(f"ix_{prefix}_sync_log_status", table.c.credential, table.c.resource, table.c.status)
+    Index(f"ix_{prefix}_sync_log_interrupted_by", table.c.credential, table.c.interrupted_by)
+    return table
 
 
 def _record_table(metadata: MetaData, prefix: str, resource: str) -> Table:
@@ -136,6 +155,9 @@ def _dead_letter_table(metadata: MetaData, prefix: str) -> Table:
         Column("tenant_id", BigInteger, nullable=False),
         Column("resource", _RESOURCE_NAME, nullable=False),
         Column("record_id", Text, nullable=True),
+        # The number the record can be fetched again by (sync.records.record_number); NULL: none,
+        # so the letter needs a person at once.
+        Column("record_number", BigInteger, nullable=True),
         # sha256 of the record id, or of the raw payload when there is no id: what makes a re-park
         # of the same bad record update its open dead letter instead of adding another.
         Column("dedupe_key", String(64), nullable=False),

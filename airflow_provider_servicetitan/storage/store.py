@@ -9,7 +9,7 @@ the end of the last committed page, and resuming from its checkpoint never loses
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from types import TracebackType
@@ -20,20 +20,31 @@ from sqlalchemy.engine import URL
 
 from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import ServiceTitanError
-from airflow_provider_servicetitan.storage.dialects import SUPPORTED_DIALECTS, create_store_engine, lock_for_ddl, upsert
+from airflow_provider_servicetitan.storage.dialects import (
+    SUPPORTED_DIALECTS,
+    Excluded,
+    create_store_engine,
+    lock_for_ddl,
+    upsert,
+)
+from airflow_provider_servicetitan.storage.migrations import upgrade
 from airflow_provider_servicetitan.storage.models import (
+    INTERRUPTED,
+    RECOVERED,
     RUN_STATUSES,
+    RUNNING,
     Checkpoint,
     CredentialState,
     CredentialStatus,
     DeadLetter,
     DeadLetterIn,
     RunLog,
+    RunOwner,
     RunStatus,
     StoredRecord,
 )
 from airflow_provider_servicetitan.storage.schema import CREDENTIAL_STATUSES, SCHEMA_VERSION, Tables, build_tables
-from airflow_provider_servicetitan.sync.records import ValidRecord
+from airflow_provider_servicetitan.sync.records import ValidRecord, record_number
 
 _T = TypeVar("_T")
 
@@ -90,9 +101,11 @@ class SyncStore:
     # -- schema ---------------------------------------------------------------------------------
 
     def create_tables(self) -> None:
-        """Create missing tables and record the schema version; safe to call from many workers at once.
+        """Create missing tables, upgrade tables of an older schema version, record the version.
 
-        :raises SchemaVersionError: the tables were made for another schema version.
+        Idempotent and safe to call from many workers at once: one transaction holding the DDL lock.
+
+        :raises SchemaVersionError: the tables were made by a newer provider version.
         """
         version = self.tables.schema_version
         with self.engine.begin() as conn:
@@ -101,11 +114,14 @@ class SyncStore:
             stored = conn.execute(select(version.c.version).where(version.c.id == 1)).scalar_one_or_none()
             if stored is None:
                 conn.execute(version.insert().values(id=1, version=SCHEMA_VERSION, updated_at=_now()))
-            elif stored != SCHEMA_VERSION:
+            elif stored > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"tables {self.table_prefix}_* hold schema version {stored}, but this version of the provider "
-                    f"uses version {SCHEMA_VERSION}; install a provider version that matches, or migrate"
+                    f"uses version {SCHEMA_VERSION}; install a provider version that matches"
                 )
+            elif stored < SCHEMA_VERSION:
+                upgrade(conn, self.tables, stored, SCHEMA_VERSION)
+                conn.execute(update(version).where(version.c.id == 1).values(version=SCHEMA_VERSION, updated_at=_now()))
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the database, or ``None`` if none is."""
@@ -125,12 +141,18 @@ class SyncStore:
         records: Sequence[ValidRecord],
         dead_letters: Sequence[DeadLetterIn] = (),
         continue_from: str | None,
+        restart_checkpoint: bool = False,
     ) -> None:
         """Store one page in one transaction: records, dead letters, checkpoint and counts.
 
         A record never replaces a stored one with a newer ``modifiedOn``. ``continue_from=None``
         keeps the checkpoint's previous token (list endpoints have none). The run's log row gets
-        one page and the page's counts added: processed = good + bad, successful = good, failed = bad.
+        one page and the page's counts added: processed = good + bad, successful = good, failed = bad,
+        and its heartbeat set to now.
+
+        :param restart_checkpoint: the first page of a re-export: the checkpoint becomes this page's
+            (token and newest ``modifiedOn``, even if behind the old ones) and remembers ``run_id``
+            as the run that restarted it. Until this page commits, the old checkpoint stays whole.
         """
         table = self._record_table(resource)
         now = _now()
@@ -138,43 +160,26 @@ class SyncStore:
         with self.engine.begin() as conn:
             self._upsert_records(conn, table, tenant_id, run_id, records, now)
             self._park(conn, credential, tenant_id, resource, dead_letters, now)
-            state = self.tables.sync_state
-            upsert(
+            self._save_checkpoint(
                 conn,
-                state,
-                [
-                    {
-                        "credential": credential,
-                        "resource": resource,
-                        "tenant_id": tenant_id,
-                        "continue_from": continue_from,
-                        "last_modified_on": newest,
-                        "updated_at": now,
-                    }
-                ],
-                conflict=("credential", "resource"),
-                update=lambda new: {
-                    "tenant_id": new.tenant_id,
-                    "continue_from": func.coalesce(new.continue_from, state.c.continue_from),
-                    "last_modified_on": case(
-                        (state.c.last_modified_on.is_(None), new.last_modified_on),
-                        (new.last_modified_on > state.c.last_modified_on, new.last_modified_on),
-                        else_=state.c.last_modified_on,
-                    ),
-                    "updated_at": new.updated_at,
+                {
+                    "credential": credential,
+                    "resource": resource,
+                    "tenant_id": tenant_id,
+                    "continue_from": continue_from,
+                    "last_modified_on": newest,
+                    "updated_at": now,
+                    "reexport_run_id": run_id if restart_checkpoint else None,
                 },
+                restart=restart_checkpoint,
             )
-            self._add_to_log(
-                conn,
-                run_id,
-                credential,
-                resource,
-                now,
-                pages=1,
-                records_processed=len(records) + len(dead_letters),
-                records_successful=len(records),
-                records_failed=len(dead_letters),
-            )
+            counts = {
+                "pages": 1,
+                "records_processed": len(records) + len(dead_letters),
+                "records_successful": len(records),
+                "records_failed": len(dead_letters),
+            }
+            self._add_to_log(conn, run_id, credential, resource, now, counts, heartbeat=True)
 
     def get_checkpoint(self, credential: str, resource: str) -> Checkpoint | None:
         """Where the sync of ``resource`` for ``credential`` resumes, or ``None`` if it never committed a page."""
@@ -185,12 +190,19 @@ class SyncStore:
     # -- dead letters ---------------------------------------------------------------------------
 
     def unresolved_dead_letters(
-        self, credential: str, resource: str | None = None, *, max_attempts: int | None = None, limit: int = 1000
+        self,
+        credential: str,
+        resource: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        fetchable: bool | None = None,
+        limit: int = 1000,
     ) -> list[DeadLetter]:
         """Open dead letters of ``credential``, oldest first.
 
         :param resource: only this resource's.
         :param max_attempts: only those with fewer failed recovery attempts than this.
+        :param fetchable: only those that can (``True``) or cannot (``False``) be fetched again by id.
         """
         letters = self.tables.dead_letters
         query = (
@@ -203,6 +215,9 @@ class SyncStore:
             query = query.where(letters.c.resource == resource)
         if max_attempts is not None:
             query = query.where(letters.c.attempts < max_attempts)
+        if fetchable is not None:
+            number = letters.c.record_number
+            query = query.where(number.is_not(None) if fetchable else number.is_(None))
         return self._fetch_all(DeadLetter, query)
 
     def count_unresolved_dead_letters(self, credential: str, *, min_attempts: int = 0) -> int:
@@ -220,6 +235,25 @@ class SyncStore:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def count_dead_letters_needing_attention(self, credential: str, *, max_attempts: int) -> int:
+        """How many open dead letters of ``credential`` only a person can resolve.
+
+        Those whose id names no record (they can never be fetched again), and those recovery
+        already failed ``max_attempts`` times.
+        """
+        letters = self.tables.dead_letters
+        query = (
+            select(func.count())
+            .select_from(letters)
+            .where(
+                letters.c.credential == credential,
+                letters.c.resolved_at.is_(None),
+                letters.c.record_number.is_(None) | (letters.c.attempts >= max_attempts),
+            )
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         """One dead letter, resolved or not."""
         letters = self.tables.dead_letters
@@ -230,7 +264,7 @@ class SyncStore:
 
         ``record=None`` closes a letter whose record no longer exists upstream (it was deleted), so
         there is nothing left to store. Tenant, resource and credential are the dead letter's own.
-        One transaction.
+        A run that did not sync the resource gets a log row of status ``recovered``. One transaction.
 
         :returns: ``False`` if the dead letter was already resolved (nothing is written then).
         :raises KeyError: no dead letter has this id.
@@ -249,7 +283,8 @@ class SyncStore:
             if record is not None:
                 table = self._record_table(letter.resource)
                 self._upsert_records(conn, table, letter.tenant_id, run_id, [record], now)
-            self._add_to_log(conn, run_id, letter.credential, letter.resource, now, records_recovered=1)
+            counts = {"records_recovered": 1}
+            self._add_to_log(conn, run_id, letter.credential, letter.resource, now, counts, new_status=RECOVERED)
         return True
 
     def fail_dead_letter(
@@ -278,17 +313,29 @@ class SyncStore:
 
     # -- run log --------------------------------------------------------------------------------
 
-    def start_run(self, run_id: str, credential: str, resource: str) -> None:
-        """Mark (run, credential, resource) running. A re-run (Airflow retry) reuses its row: the
-        counts of pages committed by earlier tries stay, since those pages are not fetched again."""
+    def start_run(self, run_id: str, credential: str, resource: str, owner: RunOwner | None = None) -> None:
+        """Mark (run, credential, resource) running, owned by ``owner``, heartbeat now.
+
+        A re-run (Airflow retry) reuses its row and takes it over: the counts of pages committed by
+        earlier tries stay, since those pages are not fetched again.
+        """
         log = self.tables.sync_log
+        now = _now()
+        row = self._new_log_row(run_id, credential, resource, now)
+        row.update(
+            owner_host=owner.host if owner else None,
+            owner_scope=owner.scope if owner else None,
+            owner_pid=owner.pid if owner else None,
+            heartbeat_at=now,
+        )
+        taken_over = ("status", "finished_at", "message", "owner_host", "owner_scope", "owner_pid", "heartbeat_at")
         with self.engine.begin() as conn:
             upsert(
                 conn,
                 log,
-                [self._new_log_row(run_id, credential, resource, _now())],
+                [row],
                 conflict=("run_id", "credential", "resource"),
-                update=lambda new: {"status": new.status, "finished_at": None, "message": None},
+                update=lambda new: {**{name: new[name] for name in taken_over}, "interrupted_by": None},
             )
 
     def finish_run(
@@ -321,6 +368,8 @@ class SyncStore:
                     "message": new.message,
                     "retries": log.c.retries + new.retries,
                     "breaker_events": log.c.breaker_events + new.breaker_events,
+                    # It finished after all: whoever took it for dead was wrong.
+                    "interrupted_by": None,
                 },
             )
 
@@ -328,6 +377,51 @@ class SyncStore:
         """Every (credential, resource) row of ``run_id``, sorted by credential then resource."""
         log = self.tables.sync_log
         query = _select(RunLog, log).where(log.c.run_id == run_id).order_by(log.c.credential, log.c.resource)
+        return self._fetch_all(RunLog, query)
+
+    def running_runs(self, credential: str, resource: str) -> list[RunLog]:
+        """The rows of ``credential`` and ``resource`` that still say ``running``, oldest first."""
+        log = self.tables.sync_log
+        query = (
+            _select(RunLog, log)
+            .where(log.c.credential == credential, log.c.resource == resource, log.c.status == RUNNING)
+            .order_by(log.c.started_at, log.c.run_id)
+        )
+        return self._fetch_all(RunLog, query)
+
+    def mark_interrupted(self, seen: RunLog, *, by_run_id: str, message: str) -> bool:
+        """Close the running row ``seen`` as ``interrupted`` (``finished_at`` = now, ``interrupted_by``).
+
+        Only if the row is as it was read: still running, same owner, same heartbeat. A page
+        committed or a retry started since then means its run is alive, and the row is left alone.
+
+        :returns: whether the row was closed.
+        """
+        log = self.tables.sync_log
+        with self.engine.begin() as conn:
+            closed = conn.execute(
+                update(log)
+                .where(
+                    log.c.run_id == seen.run_id,
+                    log.c.credential == seen.credential,
+                    log.c.resource == seen.resource,
+                    log.c.status == RUNNING,
+                    log.c.owner_scope.is_not_distinct_from(seen.owner_scope),
+                    log.c.owner_pid.is_not_distinct_from(seen.owner_pid),
+                    log.c.heartbeat_at.is_not_distinct_from(seen.heartbeat_at),
+                )
+                .values(status=INTERRUPTED, finished_at=_now(), message=message, interrupted_by=by_run_id)
+            ).rowcount
+        return bool(closed)
+
+    def interrupted_runs(self, credential: str, *, by_run_id: str) -> list[RunLog]:
+        """The rows of ``credential`` that syncs of ``by_run_id`` found interrupted, by resource then start."""
+        log = self.tables.sync_log
+        query = (
+            _select(RunLog, log)
+            .where(log.c.credential == credential, log.c.status == INTERRUPTED, log.c.interrupted_by == by_run_id)
+            .order_by(log.c.resource, log.c.started_at)
+        )
         return self._fetch_all(RunLog, query)
 
     # -- credentials ----------------------------------------------------------------------------
@@ -478,6 +572,7 @@ class SyncStore:
                 "tenant_id": tenant_id,
                 "resource": resource,
                 "record_id": record_id,
+                "record_number": record_number(record_id),
                 "dedupe_key": key,
                 "raw": raw,
                 "error_class": _storable(letter.error_class),
@@ -496,18 +591,57 @@ class SyncStore:
             update=lambda new: {name: new[name] for name in ("raw", "error_class", "message", "trace_id", "last_seen")},
         )
 
+    def _save_checkpoint(self, conn: Connection, row: Mapping[str, Any], *, restart: bool) -> None:
+        """Move the checkpoint forward to ``row`` or, on ``restart``, replace it by ``row``."""
+        state = self.tables.sync_state
+
+        def merged(new: Excluded) -> dict[str, Any]:
+            if restart:
+                replaced = ("tenant_id", "continue_from", "last_modified_on", "updated_at", "reexport_run_id")
+                return {name: new[name] for name in replaced}
+            return {
+                "tenant_id": new.tenant_id,
+                "continue_from": func.coalesce(new.continue_from, state.c.continue_from),
+                "last_modified_on": case(
+                    (state.c.last_modified_on.is_(None), new.last_modified_on),
+                    (new.last_modified_on > state.c.last_modified_on, new.last_modified_on),
+                    else_=state.c.last_modified_on,
+                ),
+                "updated_at": new.updated_at,
+            }
+
+        upsert(conn, state, [row], conflict=("credential", "resource"), update=merged)
+
     def _add_to_log(
-        self, conn: Connection, run_id: str, credential: str, resource: str, now: datetime, **counts: int
+        self,
+        conn: Connection,
+        run_id: str,
+        credential: str,
+        resource: str,
+        now: datetime,
+        counts: Mapping[str, int],
+        *,
+        heartbeat: bool = False,
+        new_status: str = RUNNING,
     ) -> None:
+        """Add ``counts`` to the run's row; a row made here gets ``new_status`` (finished unless running).
+
+        :param heartbeat: a sign of life of the run's sync: set its ``heartbeat_at`` to now.
+        """
         log = self.tables.sync_log
         row = self._new_log_row(run_id, credential, resource, now)
-        row.update(counts)
+        row.update(counts, status=new_status, finished_at=None if new_status == RUNNING else now)
+        if heartbeat:
+            row["heartbeat_at"] = now
         upsert(
             conn,
             log,
             [row],
             conflict=("run_id", "credential", "resource"),
-            update=lambda new: {name: log.c[name] + new[name] for name in counts},
+            update=lambda new: (
+                {name: log.c[name] + new[name] for name in counts}
+                | ({"heartbeat_at": new.heartbeat_at} if heartbeat else {})
+            ),
         )
 
     @staticmethod
@@ -517,7 +651,7 @@ class SyncStore:
             "run_id": run_id,
             "credential": credential,
             "resource": resource,
-            "status": "running",
+            "status": RUNNING,
             "started_at": now,
             **dict.fromkeys(_LOG_COUNTERS, 0),
         }

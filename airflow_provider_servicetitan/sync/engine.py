@@ -4,12 +4,18 @@ For each page: every record is validated; the valid ones are upserted and the pa
 ``continueFrom`` saved in the same transaction, the invalid ones parked as dead letters in it too.
 Only one page is in memory. A failure leaves the checkpoint at the last committed page, so a retry
 resumes there, and because writes are upserts by (tenant, id), re-running never duplicates.
+
+Before it starts, a sync closes the log rows of earlier runs of the same credential and resource
+that were left ``running`` by a process that is gone (see :mod:`.liveness`); its own row records
+this process as owner and gets a heartbeat with every committed page. A re-export (see
+:mod:`.reexport`) starts from the beginning of the feed or a day instead of the checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 from airflow_provider_servicetitan.client.client import ExportPage, ServiceTitanClient
 from airflow_provider_servicetitan.client.resources import get_resource
@@ -18,7 +24,9 @@ from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
 from airflow_provider_servicetitan.resilience.retry import RetryEvent
 from airflow_provider_servicetitan.storage.models import DeadLetterIn, RunStatus
 from airflow_provider_servicetitan.storage.store import SyncStore
+from airflow_provider_servicetitan.sync.liveness import STALE_AFTER, close_interrupted_runs, syncing
 from airflow_provider_servicetitan.sync.records import ValidRecord, validate_record
+from airflow_provider_servicetitan.sync.reexport import Reexport
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,8 @@ def sync_resource(
     run_id: str,
     include_recent_changes: bool = False,
     events: SyncEvents | None = None,
+    reexport: Reexport | None = None,
+    stale_after: timedelta = STALE_AFTER,
 ) -> ResourceSummary:
     """Sync one resource from its checkpoint to the end of its export feed.
 
@@ -82,6 +92,11 @@ def sync_resource(
     resources go on. Any other error is recorded as ``failed`` in the sync log and raised; the
     checkpoint stays at the last committed page. Retries and breaker transitions that ``events``
     counts meanwhile are added to the resource's log row.
+
+    :param reexport: read the feed again from there instead of the checkpoint. A retry of the same
+        run whose re-export already committed a page resumes it from the checkpoint instead.
+    :param stale_after: how long without a heartbeat an earlier running row of another host is
+        taken for interrupted (see :mod:`.liveness`).
     """
     events = events or SyncEvents()
     retries_before, breaker_events_before = events.retries, events.breaker_events
@@ -98,39 +113,43 @@ def sync_resource(
         )
 
     summary = ResourceSummary(resource=resource, status="success")
-    store.start_run(run_id, credential, resource)
-    checkpoint = store.get_checkpoint(credential, resource)
-    start = checkpoint.continue_from if checkpoint else None
-    log.info("Syncing %s for %s from %s", resource, credential, "its checkpoint" if start else "the start")
-    try:
-        for page in client.export(resource, continue_from=start, include_recent_changes=include_recent_changes):
-            good, bad = split_page(resource, page)
-            store.commit_page(
-                credential=credential,
-                tenant_id=client.tenant_id,
-                resource=resource,
-                run_id=run_id,
-                records=good,
-                dead_letters=bad,
-                continue_from=page.continue_from,
-            )
-            summary.pages += 1
-            summary.processed += len(good) + len(bad)
-            summary.successful += len(good)
-            summary.failed += len(bad)
-    except PermissionDeniedError as denied:
-        summary.status = "skipped"
-        summary.message = f"not licensed or not permitted: {denied}"
-        log.warning("Skipping %s for %s: %s", resource, credential, denied)
-    except Exception as error:
-        summary.status = "failed"
-        summary.message = f"{type(error).__name__}: {error}"
-        finish("failed", summary.message)
-        raise
-    if summary.status == "success" and summary.failed:
-        summary.status = "partial"
-        summary.message = f"{summary.failed} record(s) parked as dead letters"
-    finish(summary.status, summary.message)
+    close_interrupted_runs(store, credential, resource, by_run_id=run_id, stale_after=stale_after)
+    with syncing(run_id, credential, resource) as owner:
+        store.start_run(run_id, credential, resource, owner)
+        start, restart = _starting_point(store, credential, resource, run_id, reexport)
+        try:
+            for page in client.export(resource, continue_from=start, include_recent_changes=include_recent_changes):
+                good, bad = split_page(resource, page)
+                store.commit_page(
+                    credential=credential,
+                    tenant_id=client.tenant_id,
+                    resource=resource,
+                    run_id=run_id,
+                    records=good,
+                    dead_letters=bad,
+                    continue_from=page.continue_from,
+                    restart_checkpoint=restart,
+                )
+                restart = False
+                summary.pages += 1
+                summary.processed += len(good) + len(bad)
+                summary.successful += len(good)
+                summary.failed += len(bad)
+        except PermissionDeniedError as denied:
+            summary.status = "skipped"
+            summary.message = f"not licensed or not permitted: {denied}"
+            log.warning("Skipping %s for %s: %s", resource, credential, denied)
+        except Exception as error:
+            summary.status = "failed"
+            summary.message = f"{type(error).__name__}: {error}"
+            finish("failed", summary.message)
+            raise
+        if summary.status == "success" and summary.failed:
+            summary.status = "partial"
+            summary.message = f"{summary.failed} record(s) parked as dead letters"
+        if reexport is not None and summary.status != "skipped":
+            summary.message = "; ".join(filter(None, (f"re-exported from {reexport}", summary.message)))
+        finish(summary.status, summary.message)
     log.info(
         "Synced %s for %s: %d page(s), %d record(s) stored, %d parked",
         resource,
@@ -140,3 +159,16 @@ def sync_resource(
         summary.failed,
     )
     return summary
+
+
+def _starting_point(
+    store: SyncStore, credential: str, resource: str, run_id: str, reexport: Reexport | None
+) -> tuple[str | None, bool]:
+    """Where the export starts, and whether its first page restarts the checkpoint (a re-export)."""
+    checkpoint = store.get_checkpoint(credential, resource)
+    if reexport is not None and (checkpoint is None or checkpoint.reexport_run_id != run_id):
+        log.info("Re-exporting %s for %s from %s", resource, credential, reexport)
+        return reexport.export_from, True
+    start = checkpoint.continue_from if checkpoint else None
+    log.info("Syncing %s for %s from %s", resource, credential, "its checkpoint" if start else "the start")
+    return start, False

@@ -27,6 +27,9 @@ _RFC3339 = re.compile(
     r"(?:\.(?P<frac>\d+))?(?P<offset>[Zz]|[+-]\d{2}:\d{2})"
 )
 _SHOWN_CHARS = 80
+_UNFETCHABLE = ": it names no record, so it cannot be fetched again and needs a person"
+# An id as text: digits, optionally behind the ``ST-`` prefix some exports put in front of the number.
+_ID_TEXT = re.compile(r"(?:ST-)?(?P<number>[0-9]{1,19})")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,27 @@ def parse_rfc3339(text: str) -> datetime:
         raise ValueError(f"not a valid moment: {exc}") from None
 
 
+def record_number(raw_id: object) -> int | None:
+    """The record number an id names, or ``None`` when it names none: the one reading of record ids.
+
+    An integer in 1 .. ``MAX_RECORD_ID`` is its own number; text of ASCII digits, or ``ST-``
+    followed by them (as in ``"ST-71228018"``), names that number (whitespace around it is
+    ignored). Anything else (no id, a boolean, a float, other text, out of range) names no record:
+    it cannot be fetched again by id. Validation uses it to tell a malformed id from an unusable
+    one, the store to remember what a dead letter can be re-fetched by, recovery to match the
+    records it re-fetched.
+    """
+    if isinstance(raw_id, bool):
+        return None
+    if isinstance(raw_id, int):
+        number = raw_id
+    elif isinstance(raw_id, str) and (match := _ID_TEXT.fullmatch(raw_id.strip())):
+        number = int(match["number"])
+    else:
+        return None
+    return number if 0 < number <= MAX_RECORD_ID else None
+
+
 def validate_record(resource: Resource, raw: object) -> ValidRecord:
     """Check one record of ``resource`` as decoded from the API's JSON, and return its typed form.
 
@@ -82,12 +106,18 @@ def validate_record(resource: Resource, raw: object) -> ValidRecord:
     if not isinstance(raw, dict):
         raise _invalid(resource, None, f"expected a JSON object, got {_describe(raw)}")
     raw_id = raw.get(resource.key)
+    number = record_number(raw_id)
     if raw_id is None:
-        raise _invalid(resource, None, f"has no {resource.key!r}")
+        raise _invalid(resource, None, f"has no {resource.key!r}{_UNFETCHABLE}")
     if isinstance(raw_id, bool) or not isinstance(raw_id, int):
-        raise _invalid(resource, raw_id, f"{resource.key!r} must be an integer, got {_describe(raw_id)}")
-    if not 0 < raw_id <= MAX_RECORD_ID:
-        raise _invalid(resource, raw_id, f"{resource.key!r} must be between 1 and {MAX_RECORD_ID}, got {raw_id}")
+        names = _UNFETCHABLE if number is None else f"; it names record {number}, which recovery fetches again"
+        raise _invalid(resource, raw_id, f"{resource.key!r} must be an integer, got {_describe(raw_id)}{names}")
+    if number is None:
+        raise _invalid(
+            resource,
+            raw_id,
+            f"{resource.key!r} must be between 1 and {MAX_RECORD_ID}, got {raw_id}{_UNFETCHABLE}",
+        )
 
     raw_cursor = raw.get(resource.cursor)
     if raw_cursor is None:
@@ -104,7 +134,7 @@ def validate_record(resource: Resource, raw: object) -> ValidRecord:
     problem = _json_problem(raw)
     if problem is not None:
         raise _invalid(resource, raw_id, f"payload cannot be stored: it contains {problem}")
-    return ValidRecord(id=raw_id, modified_on=modified_on, active=active, deleted=deleted, payload=dict(raw))
+    return ValidRecord(id=number, modified_on=modified_on, active=active, deleted=deleted, payload=dict(raw))
 
 
 def _flag(resource: Resource, raw: dict[Any, Any], raw_id: int, name: str, *, default: bool) -> bool:

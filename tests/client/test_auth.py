@@ -9,7 +9,7 @@ import multiprocessing
 import pytest
 import redis
 
-from airflow_provider_servicetitan.client.auth import TokenManager, token_fingerprint
+from airflow_provider_servicetitan.client.auth import TokenManager, token_cache_key, token_fingerprint
 from airflow_provider_servicetitan.errors import InvalidCredentialsError, TokenRefreshError
 from tests.client import workers
 from tests.helpers import credentials_for
@@ -108,7 +108,7 @@ def test_token_is_stored_encrypted_with_a_ttl_shorter_than_its_life(sandbox, red
     token = manager.get_token()
 
     keys = list(redis_client.scan_iter(match=f"{key_prefix}:*"))
-    assert keys == [f"{key_prefix}:token:{credentials.cache_id}".encode()]
+    assert keys == [token_cache_key(key_prefix, credentials).encode()]
     stored = redis_client.hgetall(keys[0])
     assert token.encode() not in b"".join(stored.values())
     assert credentials.client_secret.encode() not in b"".join(stored.values())
@@ -143,7 +143,7 @@ def test_invalidate_drops_only_the_token_that_failed(sandbox, redis_client, key_
 
 def test_waiter_gives_up_when_renewer_holds_the_lock_too_long(sandbox, redis_client, key_prefix):
     credentials = credentials_for(sandbox)
-    redis_client.set(f"{key_prefix}:token:{credentials.cache_id}:lock", "someone-else", px=60_000)
+    redis_client.set(f"{token_cache_key(key_prefix, credentials)}:lock", "someone-else", px=60_000)
     clock = FakeClock()
 
     def sleep(seconds: float) -> None:
@@ -157,7 +157,7 @@ def test_waiter_gives_up_when_renewer_holds_the_lock_too_long(sandbox, redis_cli
 
 def test_lock_of_a_dead_renewer_expires_and_another_takes_over(sandbox, redis_client, key_prefix):
     credentials = credentials_for(sandbox)
-    lock_key = f"{key_prefix}:token:{credentials.cache_id}:lock"
+    lock_key = f"{token_cache_key(key_prefix, credentials)}:lock"
     redis_client.set(lock_key, "dead-worker", px=60_000)
     clock = FakeClock()
 
@@ -178,7 +178,7 @@ def test_redis_unreachable_keeps_tokens_per_process(sandbox, caplog):
         second = manager.get_token()
     assert first == second
     assert token_requests(sandbox) == 1
-    warnings = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+    warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
     assert len(warnings) == 1
 
 

@@ -82,7 +82,7 @@ def test_code_overrides_connection_settings(sandbox_connection, key_prefix):
             "extra.breaker.failure_treshold",
         ),
         ({"extra": {"app_key": "k", "tenant_id": "5", "breaker": {"failure_threshold": 0}}}, "extra.breaker"),
-        ({"extra": {"app_key": "k", "tenant_id": "5", "retry": {"preset": "reckless"}}}, "extra.retry"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "retry": {"preset": "reckless"}}}, "extra.retry.preset"),
         ({"extra": {"app_key": "k", "tenant_id": "5", "retry": [1]}}, "extra.retry"),
     ],
 )

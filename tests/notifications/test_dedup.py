@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -12,8 +12,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from airflow_provider_servicetitan.notifications.dedup import AlertDeduplicator
+from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
+from tests.resilience.test_breaker_fallback import SwitchableProxy, default_client
+from tests.resilience.test_shared_state import FakeClock
 
 from .servers import closed_port
+
+DEDUP_LOGGER = "airflow_provider_servicetitan.notifications.dedup"
 
 INCIDENT = "servicetitan_acme|retries_exhausted|ServiceTitanServerError"
 CRED = "servicetitan_acme"
@@ -71,13 +76,21 @@ def test_racing_threads_claim_an_incident_exactly_once(make_dedup) -> None:
     assert sorted(claims) == [False] * 15 + [True]
 
 
+def redis_now_ms(client: redis.Redis) -> int:
+    seconds, microseconds = client.time()
+    return seconds * 1000 + microseconds // 1000
+
+
 def test_the_window_is_a_ttl_on_the_claim(make_dedup, redis_client: redis.Redis) -> None:
     dedup = make_dedup(window_seconds=900, open_incident_ttl_seconds=7200)
 
+    before = redis_now_ms(redis_client)
     dedup.first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+    after = redis_now_ms(redis_client)
 
-    assert 899_000 < redis_client.pttl(dedup.alert_key(INCIDENT)) <= 900_000
-    assert 7_199_000 < redis_client.pttl(dedup.open_key(CRED)) <= 7_200_000
+    # Absolute expiry on Redis' own clock, bracketed: however slow the calls, nothing else moves it.
+    assert before + 900_000 <= redis_client.pexpiretime(dedup.alert_key(INCIDENT)) <= after + 900_000
+    assert before + 7_200_000 <= redis_client.pexpiretime(dedup.open_key(CRED)) <= after + 7_200_000
 
 
 def test_keys_are_namespaced_and_hold_no_clear_identifier(make_dedup, redis_client: redis.Redis, key_prefix) -> None:
@@ -150,6 +163,47 @@ def test_unreachable_redis_warns_once_and_deduplicates_in_process(caplog) -> Non
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "Redis unreachable" in warnings[0]
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[SwitchableProxy]:
+    with SwitchableProxy.to_redis(redis_url) as proxy:
+        yield proxy
+
+
+def test_a_redis_outage_costs_one_connection_per_recheck_interval_whatever_the_client(
+    proxy: SwitchableProxy, redis_url: str, redis_client: redis.Redis, key_prefix: str, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger=DEDUP_LOGGER)
+    caller_client = default_client(proxy.port, redis_url)  # redis-py defaults: retries with backoff
+    clock = FakeClock()
+    dedup = AlertDeduplicator(caller_client, namespace=key_prefix, clock=clock)
+    proxy.switch(up=False)
+
+    assert dedup.first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+    for _ in range(20):
+        assert not dedup.first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
+        assert dedup.open_incidents(CRED) == ["retries_exhausted"]
+    assert proxy.connections == 1  # one attempt, no retries, nothing more within the interval
+    clock.advance(DEFAULT_REDIS_RECHECK_SECONDS)
+    assert not dedup.first_in_window(INCIDENT)
+    assert proxy.connections == 2  # re-checked once, still down
+
+    proxy.switch(up=True)
+    clock.advance(DEFAULT_REDIS_RECHECK_SECONDS)
+    assert dedup.first_in_window("after the outage", credential=CRED, kind="circuit_opened")
+    assert redis_client.exists(dedup.alert_key("after the outage")) == 1  # shared again
+    assert not AlertDeduplicator(redis_client, namespace=key_prefix).first_in_window("after the outage")
+
+    proxy.switch(up=False)  # a second outage: a second warning
+    assert dedup.first_in_window("during the second outage")
+
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == DEDUP_LOGGER]
+    assert [level for level, _ in messages] == [logging.WARNING, logging.INFO, logging.WARNING]
+    assert "Redis unreachable (ConnectionError" in messages[0][1]
+    assert "alerts are deduplicated in this process only" in messages[0][1]
+    assert messages[1][1].startswith("alert deduplication: Redis answers again")
+    caller_client.close()
 
 
 def test_without_redis_it_deduplicates_in_process_silently(caplog) -> None:

@@ -21,6 +21,7 @@ from airflow_provider_servicetitan.operators.sync import ServiceTitanSyncOperato
 from airflow_provider_servicetitan.sandbox import SandboxServer
 from airflow_provider_servicetitan.storage.store import SyncStore
 from tests.helpers import register, set_connection
+from tests.notifications.conftest import webhook  # noqa: F401 - a fixture of the report tests too
 
 WAREHOUSE_CONN_ID = "st_warehouse"
 # Tight in-call retries: a test meets the retry path without waiting.

@@ -1,7 +1,9 @@
 """CircuitBreaker rules, against the real Redis and the per-process fallback alike.
 
-Time is moved with the breaker's injected clock offset, never with sleeps. The helpers at the
-top are shared with the other ``test_breaker_*`` modules.
+The breakers run on an injected fake clock (passed to the Lua script instead of Redis ``TIME``)
+that moves only when a test advances it, never with sleeps or real time: every time, deadline and
+``retry_after`` below is exact, however loaded the machine. The helpers at the top are shared with
+the other ``test_breaker_*`` modules.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import functools
 import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -44,16 +46,20 @@ BREAKER_LOGGER = "airflow_provider_servicetitan.resilience.breaker"
 
 
 class Clock:
-    """The injected clock: seconds added to Redis ``TIME`` (or to the fallback's monotonic clock)."""
+    """The breaker's injected clock: epoch seconds that move only when the test advances them.
 
-    def __init__(self, offset: float = 0.0) -> None:
-        self.offset = offset
+    Tests advance it by whole seconds or halves, which floats add exactly at this magnitude."""
+
+    START = 1_700_000_000.0
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
 
     def __call__(self) -> float:
-        return self.offset
+        return self.now
 
     def advance(self, seconds: float) -> None:
-        self.offset += seconds
+        self.now += seconds
 
 
 class Service:
@@ -81,9 +87,7 @@ def make_breaker(
     **config: Any,
 ) -> CircuitBreaker:
     listeners = [transitions.append] if transitions is not None else []
-    return CircuitBreaker(
-        name, client, BreakerConfig(**config), namespace=namespace, listeners=listeners, clock_offset=clock
-    )
+    return CircuitBreaker(name, client, BreakerConfig(**config), namespace=namespace, listeners=listeners, clock=clock)
 
 
 def attempt(breaker: CircuitBreaker, fn: Callable[[], Any]) -> str:
@@ -109,10 +113,19 @@ def summary(transitions: list[BreakerTransition]) -> list[tuple[str, str, str]]:
     return [(t.from_state.value, t.to_state.value, t.reason) for t in transitions]
 
 
+def breaker_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The breaker's warnings logged by the test itself (also readable by a fixture's teardown)."""
+    return [r for r in caplog.get_records("call") if r.name == BREAKER_LOGGER and r.levelno == logging.WARNING]
+
+
 @pytest.fixture(params=["redis", "local"])
-def client(request: pytest.FixtureRequest, redis_client: redis.Redis) -> redis.Redis | None:
-    """The shared Redis breaker, and the per-process one: both follow the same rules."""
-    return redis_client if request.param == "redis" else None
+def client(
+    request: pytest.FixtureRequest, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> Iterator[redis.Redis | None]:
+    """The shared Redis breaker, and the per-process one: both follow the same rules. The Redis
+    one must never have fallen back to the per-process one (a script error would, with a warning)."""
+    yield redis_client if request.param == "redis" else None
+    assert breaker_warnings(caplog) == []
 
 
 @pytest.fixture
@@ -244,7 +257,7 @@ def test_opens_on_failure_count_inside_the_rolling_window(
     clock.advance(60)  # both failures leave the window
     assert [attempt(breaker, service.fail) for _ in range(2)] == ["raised", "raised"]
     assert breaker.state == "closed"
-    clock.advance(59)  # still inside the window
+    clock.advance(59.5)  # still inside the window, by half a second
     assert attempt(breaker, service.fail) == "raised"
     assert breaker.state == "open"
     assert summary(transitions) == [("closed", "open", "failure_threshold")]
@@ -353,15 +366,13 @@ def test_half_opens_after_open_seconds(client: redis.Redis | None, key_prefix: s
     attempt(breaker, Service().fail)
     clock.advance(29.5)
     assert breaker.state == "open"
-    assert 0.4 < refusal(breaker).retry_after <= 0.5
+    assert refusal(breaker).retry_after == 0.5
     clock.advance(0.5)
     assert breaker.state == "half_open"
     assert summary(transitions) == [("closed", "open", "failure_threshold"), ("open", "half_open", "open_timeout")]
     opened, half_opened = transitions
-    assert opened.open_until is not None
-    assert opened.open_until - opened.at == pytest.approx(30, abs=1e-3)
-    assert half_opened.open_until is None
-    assert half_opened.at - opened.at == pytest.approx(30, abs=0.5)
+    assert (opened.at, opened.open_until) == (Clock.START, Clock.START + 30)
+    assert (half_opened.at, half_opened.open_until) == (Clock.START + 30, None)
 
 
 def test_probe_success_closes_and_starts_a_fresh_window(
@@ -398,8 +409,9 @@ def test_probe_failure_reopens_for_longer_up_to_the_cap_and_closing_resets_it(
     durations = []
     for _ in range(4):
         opened = transitions[-1]
+        assert opened.at == clock.now
         assert opened.open_until is not None
-        durations.append(round(opened.open_until - opened.at, 3))
+        durations.append(opened.open_until - opened.at)
         clock.advance(durations[-1] - 1)
         assert breaker.state == "open"
         clock.advance(1)
@@ -407,15 +419,14 @@ def test_probe_failure_reopens_for_longer_up_to_the_cap_and_closing_resets_it(
         reopened = transitions[-1]
         assert reopened.reason == "probe_failed"
         assert reopened.open_until is not None
-        assert refusal(breaker).retry_after == pytest.approx(reopened.open_until - reopened.at, abs=0.5)
+        assert refusal(breaker).retry_after == reopened.open_until - clock.now
     assert durations == [10, 20, 35, 35]
     clock.advance(35)
     assert attempt(breaker, service.ok) == "ok"
     attempt(breaker, service.fail)
     opened = transitions[-1]
     assert opened.reason == "failure_threshold"
-    assert opened.open_until is not None
-    assert opened.open_until - opened.at == pytest.approx(10, abs=1e-3)
+    assert (opened.at, opened.open_until) == (clock.now, clock.now + 10)
 
 
 def test_half_open_admits_at_most_max_probes(client: redis.Redis | None, key_prefix: str, clock: Clock) -> None:
@@ -452,10 +463,10 @@ def test_probe_lease_expiry_admits_a_new_probe(client: redis.Redis | None, key_p
     attempt(breaker, Service().fail)
     clock.advance(30)
     abandoned = breaker.acquire()  # its worker never reports back
-    assert 19 < refusal(breaker).retry_after <= 20
-    clock.advance(19)
-    assert 0 < refusal(breaker).retry_after <= 1
-    clock.advance(1)
+    assert refusal(breaker).retry_after == 20
+    clock.advance(19.5)
+    assert refusal(breaker).retry_after == 0.5
+    clock.advance(0.5)
     assert attempt(breaker, Service().ok) == "ok"
     assert breaker.state == "closed"
     abandoned.error(ServiceTitanServerError(status=500))  # stale: the breaker has moved on
@@ -469,17 +480,17 @@ def test_retry_after_is_the_time_until_a_probe_is_admitted(
         client, key_prefix, clock, failure_threshold=1, open_seconds=30, half_open_max_calls=2, probe_lease_seconds=20
     )
     attempt(breaker, Service().fail)
-    assert 29 < refusal(breaker).retry_after <= 30
+    assert refusal(breaker).retry_after == 30
     clock.advance(10)
-    assert 19 < refusal(breaker).retry_after <= 20
+    assert refusal(breaker).retry_after == 20
     clock.advance(20)
     breaker.acquire()  # lease until 50
     clock.advance(5)
     breaker.acquire()  # lease until 55
-    assert 14 < refusal(breaker).retry_after <= 15
+    assert refusal(breaker).retry_after == 15
     clock.advance(15)
     breaker.acquire()  # the first lease expired: lease until 70
-    assert 4 < refusal(breaker).retry_after <= 5
+    assert refusal(breaker).retry_after == 5
 
 
 # --- stale outcomes ------------------------------------------------------------------------
@@ -542,10 +553,9 @@ def test_force_open_and_reset_fire_listeners(client: redis.Redis | None, key_pre
     breaker = make_breaker(client, key_prefix, clock, transitions=transitions)
     breaker.force_open(120)
     assert breaker.state == "open"
-    assert 119 < refusal(breaker).retry_after <= 120
+    assert refusal(breaker).retry_after == 120
     forced = transitions[-1]
-    assert forced.open_until is not None
-    assert forced.open_until - forced.at == pytest.approx(120, abs=1e-3)
+    assert (forced.at, forced.open_until) == (Clock.START, Clock.START + 120)
     breaker.force_open(300)  # extends an open breaker: reported too
     breaker.reset()
     assert breaker.state == "closed"
@@ -577,8 +587,7 @@ def test_reset_forgets_failures_and_reopen_count(client: redis.Redis | None, key
     attempt(breaker, service.fail)
     attempt(breaker, service.fail)
     opened = transitions[-1]
-    assert opened.open_until is not None
-    assert opened.open_until - opened.at == pytest.approx(10, abs=1e-3)
+    assert (opened.reason, opened.open_until) == ("failure_threshold", clock.now + 10)
 
 
 def test_listener_failures_are_logged_and_never_break_the_call(
@@ -633,6 +642,27 @@ def test_state_is_shared_and_each_transition_is_reported_by_the_process_that_mad
     assert summary(seen_a) == [("open", "half_open", "open_timeout")]
     assert summary(seen_b) == [("closed", "open", "failure_threshold")]
     assert worker_a.backend == worker_b.backend == "redis"
+
+
+def redis_time(client: redis.Redis) -> float:
+    seconds, microseconds = client.time()
+    return seconds + microseconds / 1_000_000
+
+
+def test_without_a_clock_the_shared_breaker_runs_on_the_redis_clock(redis_client: redis.Redis, key_prefix: str) -> None:
+    transitions: list[BreakerTransition] = []
+    breaker = CircuitBreaker(
+        "api", redis_client, BreakerConfig(failure_threshold=1), namespace=key_prefix, listeners=[transitions.append]
+    )
+    before = redis_time(redis_client)
+    attempt(breaker, Service().fail)
+    after = redis_time(redis_client)
+    assert breaker.backend == "redis"
+    [opened] = transitions
+    assert opened.open_until is not None
+    # Redis TIME read by the script, between two readings of it (times are kept to the microsecond).
+    assert before - 1e-6 <= opened.at <= after + 1e-6
+    assert opened.open_until - opened.at == pytest.approx(30, abs=1e-6)
 
 
 def test_keys_live_under_the_namespace_with_a_ttl(redis_client: redis.Redis, key_prefix: str, clock: Clock) -> None:

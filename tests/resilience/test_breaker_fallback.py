@@ -2,7 +2,9 @@
 
 Redis is made unreachable in two honest ways: a client pointed at a closed port, and a TCP proxy in
 front of the test Redis that can be switched off (it then accepts connections and drops them),
-which also counts how often the breaker tried Redis.
+which also counts how often the breaker tried Redis. The proxy is also used by the Redis outage
+tests of the token cache, alert deduplication and :mod:`.shared_state`. The re-check interval runs
+on the breaker's injected fake clock, so "not yet" and "now" are exact.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from types import TracebackType
 from urllib.parse import urlparse
 
 import pytest
@@ -21,8 +24,9 @@ from redis.retry import Retry
 
 from airflow_provider_servicetitan.errors import ServiceTitanServerError
 from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
+from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
 
-from .test_breaker import BREAKER_LOGGER, Clock, Service, attempt, make_breaker, refusal, summary
+from .test_breaker import BREAKER_LOGGER, Clock, Service, attempt, breaker_warnings, make_breaker, refusal, summary
 
 
 def _close(sock: socket.socket) -> None:
@@ -34,6 +38,11 @@ def _close(sock: socket.socket) -> None:
 class SwitchableProxy:
     """A TCP proxy to Redis. Switched off, it accepts each connection and closes it at once (and
     drops the open ones), so every command through it fails fast. ``connections`` counts accepts."""
+
+    @classmethod
+    def to_redis(cls, redis_url: str) -> SwitchableProxy:
+        parsed = urlparse(redis_url)
+        return cls((parsed.hostname or "127.0.0.1", parsed.port or 6379))
 
     def __init__(self, target: tuple[str, int]) -> None:
         self._target = target
@@ -85,31 +94,44 @@ class SwitchableProxy:
         _close(self._server)
         self.switch(up=False)
 
+    def __enter__(self) -> SwitchableProxy:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def redis_db(redis_url: str) -> int:
+    """The database number of the test Redis."""
+    return int(urlparse(redis_url).path.lstrip("/") or 0)
+
 
 def fast_failing_client(host: str, port: int, db: int = 0) -> redis.Redis:
-    """A client as the docs recommend: short timeouts and no retries, so an outage costs little."""
+    """A client built to fail fast by the caller: short timeouts and no retries."""
     return redis.Redis(
         host=host, port=port, db=db, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
     )
 
 
+def default_client(port: int, redis_url: str) -> redis.Redis:
+    """A client as a caller may well build it: redis-py's defaults (5 s timeouts; redis-py 6+
+    retries 10 times with exponential backoff), to 127.0.0.1:``port`` and the test database."""
+    return redis.Redis(host="127.0.0.1", port=port, db=redis_db(redis_url))
+
+
 @pytest.fixture
 def proxy(redis_url: str) -> Iterator[SwitchableProxy]:
-    parsed = urlparse(redis_url)
-    proxy = SwitchableProxy((parsed.hostname or "127.0.0.1", parsed.port or 6379))
-    yield proxy
-    proxy.close()
+    with SwitchableProxy.to_redis(redis_url) as proxy:
+        yield proxy
 
 
 @pytest.fixture
 def proxied_client(proxy: SwitchableProxy, redis_url: str) -> Iterator[redis.Redis]:
-    client = fast_failing_client("127.0.0.1", proxy.port, db=int(urlparse(redis_url).path.lstrip("/") or 0))
+    client = fast_failing_client("127.0.0.1", proxy.port, db=redis_db(redis_url))
     yield client
     client.close()
-
-
-def breaker_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == BREAKER_LOGGER and r.levelno == logging.WARNING]
 
 
 def test_calls_flow_and_the_local_breaker_opens_when_redis_is_unreachable(
@@ -159,10 +181,10 @@ def test_redis_is_tried_again_at_most_once_per_recheck_interval(
     assert proxy.connections == 1
     for _ in range(50):
         assert attempt(breaker, service.ok) == "ok"
-    clock.advance(4.9)
+    clock.advance(4.5)
     assert attempt(breaker, service.ok) == "ok"
     assert proxy.connections == 1
-    clock.advance(0.1)
+    clock.advance(0.5)
     assert attempt(breaker, service.ok) == "ok"
     assert proxy.connections == 2
     assert breaker.backend == "local"
@@ -218,3 +240,45 @@ def test_an_outcome_that_cannot_reach_redis_is_dropped_and_the_call_is_unharmed(
     assert breaker.state == "closed"  # the Redis-admitted failure is not replayed locally
     assert attempt(breaker, service.ok) == "ok"
     assert len(breaker_warnings(caplog)) == 1
+
+
+def test_a_client_with_redis_py_defaults_costs_one_connection_per_recheck_interval(
+    proxy: SwitchableProxy,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=BREAKER_LOGGER)
+    caller_client = default_client(proxy.port, redis_url)
+    proxy.switch(up=False)
+    clock = Clock()
+    breaker = make_breaker(caller_client, key_prefix, clock)
+    service = Service()
+
+    assert [attempt(breaker, service.ok) for _ in range(30)] == ["ok"] * 30
+    assert proxy.connections == 1  # the caller's retries are not inherited
+    clock.advance(DEFAULT_REDIS_RECHECK_SECONDS - 0.5)
+    assert [attempt(breaker, service.ok) for _ in range(30)] == ["ok"] * 30
+    assert proxy.connections == 1
+    clock.advance(0.5)
+    assert attempt(breaker, service.ok) == "ok"
+    assert proxy.connections == 2  # one re-check, still down: no new warning
+    assert breaker.backend == "local"
+
+    proxy.switch(up=True)
+    assert attempt(breaker, service.ok) == "ok"
+    assert breaker.backend == "local"
+    clock.advance(DEFAULT_REDIS_RECHECK_SECONDS)
+    assert attempt(breaker, service.ok) == "ok"
+    assert breaker.backend == "redis"
+    assert redis_client.exists(*breaker.redis_keys) > 0
+
+    proxy.switch(up=False)  # a second outage: a second warning
+    assert [attempt(breaker, service.ok) for _ in range(10)] == ["ok"] * 10
+    assert breaker.backend == "local"
+    assert proxy.connections == 4
+    assert len(breaker_warnings(caplog)) == 2
+    [answers_again] = [r for r in caplog.records if r.name == BREAKER_LOGGER and r.levelno == logging.INFO]
+    assert "Redis answers again" in answers_again.getMessage()
+    caller_client.close()

@@ -3,7 +3,8 @@
 Coordination is by multiprocessing primitives, never by sleeping: the workers start together at
 a barrier, report to the parent through a queue, and admitted probes wait on an event the parent
 sets once every worker has attempted its call. Workers are spawned (not forked) so that each has
-its own interpreter and Redis connections, as Airflow workers do.
+its own interpreter and Redis connections, as Airflow workers do. Every breaker runs on an
+injected clock (the workers' is frozen just past the open period), so the times are exact.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from .test_breaker import Clock, Service, attempt, refusal
 SPAWN = multiprocessing.get_context("spawn")
 WORKERS = 16
 OPEN_SECONDS = 30.0
-HALF_OPEN_AT = OPEN_SECONDS + 1  # clock offset at which the workers call
+HALF_OPEN_AT = Clock.START + OPEN_SECONDS + 1  # the time at which the workers call
 TIMEOUT = 60
 
 
 def _worker_breaker(
-    redis_url: str, namespace: str, config: BreakerConfig, offset: float, seen: list[BreakerTransition]
+    redis_url: str, namespace: str, config: BreakerConfig, now: float, seen: list[BreakerTransition]
 ) -> CircuitBreaker:
     return CircuitBreaker(
         "shared",
@@ -42,7 +43,7 @@ def _worker_breaker(
         config,
         namespace=namespace,
         listeners=[seen.append],
-        clock_offset=lambda: offset,
+        clock=lambda: now,
     )
 
 
@@ -79,12 +80,12 @@ def stuck_probe_worker(redis_url: str, namespace: str, config: BreakerConfig, re
 
 
 def _open_breaker(redis_client: redis.Redis, namespace: str, config: BreakerConfig) -> CircuitBreaker:
-    """Trip the shared breaker at offset 0; the returned breaker runs at the workers' offset."""
+    """Trip the shared breaker at ``Clock.START``; the returned breaker runs at the workers' time."""
     clock = Clock()
-    breaker = CircuitBreaker("shared", redis_client, config, namespace=namespace, clock_offset=clock)
+    breaker = CircuitBreaker("shared", redis_client, config, namespace=namespace, clock=clock)
     attempt(breaker, Service().fail)
     assert breaker.state == "open"
-    clock.advance(HALF_OPEN_AT)
+    clock.now = HALF_OPEN_AT
     return breaker
 
 
@@ -131,7 +132,7 @@ def test_sixteen_processes_at_the_moment_it_half_opens_admit_exactly_max_probes(
                 worker.kill()
     assert len(entered) == max_probes
     assert len(refused) == WORKERS - max_probes
-    assert all(50 < retry_after <= 60 for retry_after in refused)  # until the first lease expires
+    assert refused == [60.0] * (WORKERS - max_probes)  # until the first lease, taken at the same time, expires
     assert Counter(t for report in transitions for t in report) == {
         ("open", "half_open", "open_timeout"): 1,
         ("half_open", "closed", "probe_succeeded"): 1,
@@ -143,7 +144,8 @@ def test_sixteen_processes_at_the_moment_it_half_opens_admit_exactly_max_probes(
 def test_a_probe_killed_mid_call_blocks_probes_only_until_its_lease_expires(
     redis_url: str, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    config = BreakerConfig(failure_threshold=1, open_seconds=OPEN_SECONDS, probe_lease_seconds=20)
+    lease = 20.0
+    config = BreakerConfig(failure_threshold=1, open_seconds=OPEN_SECONDS, probe_lease_seconds=lease)
     breaker = _open_breaker(redis_client, key_prefix, config)
     reports = SPAWN.Queue()
     worker = SPAWN.Process(target=stuck_probe_worker, args=(redis_url, key_prefix, config, reports))
@@ -159,12 +161,12 @@ def test_a_probe_killed_mid_call_blocks_probes_only_until_its_lease_expires(
     assert worker.exitcode == -signal.SIGKILL
 
     clock = Clock(HALF_OPEN_AT)
-    survivor = CircuitBreaker("shared", redis_client, config, namespace=key_prefix, clock_offset=clock)
+    survivor = CircuitBreaker("shared", redis_client, config, namespace=key_prefix, clock=clock)
     assert survivor.state == "half_open"
-    assert 10 < refusal(survivor).retry_after <= 20
-    clock.advance(10)
-    assert 0 < refusal(survivor).retry_after <= 10
-    clock.advance(10)
+    assert refusal(survivor).retry_after == lease
+    clock.advance(lease / 2)
+    assert refusal(survivor).retry_after == lease / 2
+    clock.advance(lease / 2)
     service = Service()
     assert survivor.call(service.ok) == "ok"
     assert service.calls == 1

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_servicetitan.client.client import ServiceTitanClient
+from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import (
     BadRequestError,
     CircuitBreakerOpenError,
@@ -27,6 +29,8 @@ from airflow_provider_servicetitan.errors import (
     ServiceTitanTimeoutError,
 )
 from airflow_provider_servicetitan.resilience.retry import RetryEvent, RetryPolicy
+from airflow_provider_servicetitan.sandbox import SandboxServer
+from tests.helpers import credentials_for
 
 LOGGER = "airflow_provider_servicetitan.resilience.retry"
 
@@ -290,6 +294,27 @@ def test_retry_after_counts_against_the_remaining_time(fake: FakeTime) -> None:
 
     assert caught.value.attempts == 1
     assert fake.sleeps == []
+
+
+def test_retry_after_date_from_a_server_10_minutes_ahead_is_waited_as_sent(
+    fake: FakeTime,
+    start_sandbox: Callable[..., SandboxServer],
+    make_client: Callable[..., ServiceTitanClient],
+) -> None:
+    # The sandbox's clock runs 10 min ahead of this worker's; its 429 says "come back at my now + 30 s"
+    # as an HTTP date, and its Date header says what its now is.
+    sandbox = start_sandbox()
+    sandbox.admin.advance_clock(600)
+    sandbox.admin.set_faults(burst_429=1, burst_429_retry_after=30, retry_after_format="http-date")
+    events: list[RetryEvent] = []
+    retry_policy = policy(fake, rng=MinRng(), max_attempts=2, base_delay=0.01, listener=events.append)
+    client = make_client(credentials_for(sandbox), retry_policy=retry_policy)
+
+    body = client.request("GET", get_resource("customers").list_path(client.tenant_id), params={"pageSize": 1})
+
+    assert len(body["data"]) == 1
+    assert [(e.error_class, e.delay) for e in events] == [("RateLimitExceededError", 30.0)]
+    assert fake.sleeps == [30.0]
 
 
 # -- max_elapsed --------------------------------------------------------------------------------

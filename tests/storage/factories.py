@@ -31,6 +31,7 @@ def commit(
     run_id: str = RUN,
     tenant_id: int = TENANT,
     credential: str = CREDENTIAL,
+    restart_checkpoint: bool = False,
 ) -> None:
     store.commit_page(
         credential=credential,
@@ -40,6 +41,7 @@ def commit(
         records=records,
         dead_letters=dead_letters or [],
         continue_from=continue_from,
+        restart_checkpoint=restart_checkpoint,
     )
 
 

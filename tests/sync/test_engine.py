@@ -6,7 +6,6 @@ import dataclasses
 import multiprocessing
 import os
 import signal
-import time
 
 from airflow_provider_servicetitan.sync.engine import SyncEvents, sync_resource
 from airflow_provider_servicetitan.sync.recovery import recover_dead_letters
@@ -26,14 +25,6 @@ def stored(store, tenant_id: int, resource: str) -> dict[int, str]:
         record = store.get_record(tenant_id, resource, record_id)
         rows[record_id] = record.payload["modifiedOn"]
     return rows
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    """Poll an observable condition (not a fixed sleep) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_full_sync_of_two_tenants_equals_truth_and_rerun_changes_nothing(start_sandbox, make_client, store):
@@ -72,21 +63,24 @@ def test_killed_sync_resumes_from_its_checkpoint(start_sandbox, store, store_url
     sandbox = start_sandbox(records=400, export_page_size=20)
     credentials = credentials_for(sandbox)
     total_pages = -(-len(truth(sandbox, credentials.tenant_id, "customers")) // 20)
+    pages_before_kill = 3
+    # Once 3 pages are served, the child's next request waits: it has committed exactly 3 pages.
+    sandbox.admin.set_faults(hold_after_pages=pages_before_kill)
     child = CTX.Process(
         target=workers.sync_in_child,
         args=(dataclasses.asdict(credentials), store_url, "customers", "run-killed"),
     )
     child.start()
-    wait_for(lambda: sum(r.pages for r in store.get_run_log("run-killed")) >= 3)
-    sandbox.admin.set_faults(timeout_rate=1.0, timeout_hold=60)  # the child now hangs in a request
+    sandbox.admin.wait_for_held(1, timeout=120)
     os.kill(child.pid, signal.SIGKILL)
     child.join(timeout=30)
-    sandbox.admin.set_faults("none")
+    sandbox.admin.wait_for_held(0, timeout=30)  # the sandbox saw the killed child's request go
+    sandbox.admin.set_faults(hold_after_pages=None)
     committed = sum(r.pages for r in store.get_run_log("run-killed"))
     checkpoint = store.get_checkpoint("st_child", "customers")
 
     assert child.exitcode == -signal.SIGKILL
-    assert 3 <= committed < total_pages
+    assert committed == pages_before_kill < total_pages
     assert checkpoint is not None
     assert checkpoint.continue_from
 
@@ -94,7 +88,7 @@ def test_killed_sync_resumes_from_its_checkpoint(start_sandbox, store, store_url
     resumed = store.get_run_log("run-resumed")[0]
 
     assert resumed.status == "success"
-    assert resumed.pages <= total_pages - committed + 1
+    assert resumed.pages == total_pages - committed
     assert stored(store, credentials.tenant_id, "customers") == truth(sandbox, credentials.tenant_id, "customers")
 
 
@@ -114,12 +108,14 @@ def test_malformed_records_are_parked_then_recovered(start_sandbox, make_client,
     assert all(letter.raw and letter.message for letter in letters)
 
     sandbox.admin.set_faults("none")
-    recoverable = [letter for letter in letters if (letter.record_id or "").isdigit()]
+    # Fetched again by the number their id names ("123" or "ST-123"); those without one need a person.
+    recoverable = [letter for letter in letters if letter.record_number is not None]
     result = recover_dead_letters(client, store, credential="st", run_id="run-1", max_attempts=2)
 
-    assert result.attempted == len(letters)
+    assert result.attempted == len(recoverable)
     assert result.recovered == len(recoverable) > 0
-    assert result.failed == len(letters) - len(recoverable)
+    assert result.failed == 0
+    assert result.needs_attention == len(letters) - len(recoverable)
     log = store.get_run_log("run-1")[0]
     assert log.records_recovered == len(recoverable)
     assert log.records_processed == log.records_successful + log.records_failed
@@ -128,7 +124,7 @@ def test_malformed_records_are_parked_then_recovered(start_sandbox, make_client,
     assert len(stored(store, tenant, "jobs")) == len(expected) - len(unrecoverable)
 
     again = recover_dead_letters(client, store, credential="st", run_id="run-2", max_attempts=2)
-    assert again.recovered == 0
+    assert again.attempted == again.recovered == 0
     assert again.needs_attention == len(letters) - len(recoverable)
     assert recover_dead_letters(client, store, credential="st", run_id="run-3", max_attempts=2).attempted == 0
 

@@ -1,0 +1,29 @@
+"""A deterministic moment to break things at: right after the n-th export page arrived."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+
+from airflow_provider_servicetitan.client.client import ServiceTitanClient
+
+
+def at_export_pages(client: ServiceTitanClient, actions: Mapping[int, Callable[[], object]]) -> None:
+    """Run ``actions[n]`` when the n-th export page (counted over the client's life) has arrived and
+    before the sync stores it: the chaos lands between fetching a page and committing it.
+
+    A ``requests`` response hook on the client's own session: the client and the engine run unchanged.
+    """
+    pages = 0
+
+    def on_response(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        nonlocal pages
+        if response.status_code == 200 and "/export/" in response.url:
+            pages += 1
+            action = actions.get(pages)
+            if action is not None:
+                action()
+
+    client.session.hooks["response"].append(on_response)
