@@ -23,9 +23,11 @@ chaos: install
 	scripts/test-services
 	$(BIN)/pytest -m "$(CHAOS)" tests/chaos
 
+# lint-imports checks the layering contracts of pyproject.toml ([tool.importlinter], docs/architecture.md).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	$(BIN)/mypy

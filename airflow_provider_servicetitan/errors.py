@@ -228,6 +228,16 @@ def is_retryable(error: BaseException) -> bool:
     return False
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The error a retry gave up on: ``error`` with every :class:`RetryExhaustedError` unwrapped.
+
+    A retry nested in another retry wraps twice; any other error is its own root cause.
+    """
+    while isinstance(error, RetryExhaustedError):
+        error = error.last_error
+    return error
+
+
 def parse_http_date(value: str | None) -> float | None:
     """Seconds since the epoch of an HTTP date (``Date``, ``Retry-After``), or ``None`` if unreadable."""
     if value is None:
@@ -347,10 +357,3 @@ def error_from_exception(error: requests.RequestException) -> ServiceTitanError:
     if isinstance(error, requests.exceptions.ContentDecodingError):
         return ServiceTitanConnectionError(f"incomplete or corrupt answer{where} ({kind})")
     return ServiceTitanError(f"request failed{where} ({kind})")
-
-
-def to_error(failure: requests.Response | requests.RequestException) -> ServiceTitanError:
-    """The one mapping from an HTTP error answer or a ``requests`` failure to a provider error."""
-    if isinstance(failure, requests.Response):
-        return error_from_response(failure)
-    return error_from_exception(failure)

@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from airflow.sdk.observability.stats import Stats
 
-from airflow_provider_servicetitan.errors import RetryExhaustedError
+from airflow_provider_servicetitan.errors import root_cause
 from airflow_provider_servicetitan.resilience.breaker import BreakerState, BreakerTransition
 from airflow_provider_servicetitan.resilience.retry import RetryEvent
 from airflow_provider_servicetitan.sync.engine import ResourceSummary
@@ -89,18 +89,12 @@ def _incr(stat: str, count: int, tags: dict[str, str]) -> None:
     _emit(stat, lambda: Stats.incr(stat, count, tags=tags))
 
 
-def _root_error(error: BaseException) -> BaseException:
-    while isinstance(error, RetryExhaustedError):
-        error = error.last_error
-    return error
-
-
 def count_error(credential: str, error: BaseException) -> None:
     """``servicetitan.errors`` +1, tagged with the error's class.
 
     A :class:`RetryExhaustedError` counts under the class of the error it gave up on.
     """
-    _incr(ERRORS, 1, {"credential": credential, "error_class": type(_root_error(error)).__name__})
+    _incr(ERRORS, 1, {"credential": credential, "error_class": type(root_cause(error)).__name__})
 
 
 def count_retry(credential: str, error_class: str) -> None:

@@ -31,9 +31,9 @@ from airflow.sdk.definitions.retry_policy import RetryDecision, RetryPolicy
 from airflow_provider_servicetitan.errors import (
     CircuitBreakerOpenError,
     RateLimitExceededError,
-    RetryExhaustedError,
     ServiceTitanError,
     is_retryable,
+    root_cause,
 )
 
 if TYPE_CHECKING:
@@ -44,12 +44,6 @@ __all__ = ["ServiceTitanRetryPolicy"]
 _RNG = random.Random()  # noqa: S311 - jitter, not cryptography
 
 _TYPE = f"{__name__}.ServiceTitanRetryPolicy"
-
-
-def _root_error(error: BaseException) -> BaseException:
-    while isinstance(error, RetryExhaustedError):
-        error = error.last_error
-    return error
 
 
 def _check_delay(value: object, name: str) -> None:
@@ -83,7 +77,7 @@ class ServiceTitanRetryPolicy(RetryPolicy):
             return RetryDecision.default()
         if not is_retryable(exception):
             return RetryDecision.fail(f"{type(exception).__name__} is not retryable: {exception}")
-        error = _root_error(exception)
+        error = root_cause(exception)
         if isinstance(error, RateLimitExceededError):
             delay = max(error.retry_after or 0.0, self.min_delay.total_seconds())
             return RetryDecision.retry(

@@ -18,6 +18,7 @@ import uuid
 from sqlalchemy import create_engine, text
 
 from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.breaker_policy import classify_servicetitan_error
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.resilience.breaker import CircuitBreaker
@@ -42,7 +43,9 @@ def run(records: int, page_size: int, db: str) -> None:
             api_url=sandbox.base_url,
         )
         client = ServiceTitanClient(
-            TokenManager(credentials, None), breaker=CircuitBreaker("bench", None), retry_policy=RetryPolicy()
+            TokenManager(credentials, None),
+            breaker=CircuitBreaker("bench", None, classify=classify_servicetitan_error),
+            retry_policy=RetryPolicy(),
         )
         schema = f"st_bench_{uuid.uuid4().hex[:8]}"
         if db == "postgresql":

@@ -25,17 +25,16 @@ or finished by the next run. An invalid request fails ``list_credentials`` befor
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, Variable, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES
+from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
 from airflow_provider_servicetitan.operators.recovery import ServiceTitanRecoveryOperator
 from airflow_provider_servicetitan.operators.report import ServiceTitanReportOperator
-from airflow_provider_servicetitan.operators.sync import ServiceTitanSyncOperator
+from airflow_provider_servicetitan.operators.sync import CREDENTIAL_TASK_DEFAULTS, ServiceTitanSyncOperator
 from airflow_provider_servicetitan.sync.reexport import REEXPORT_FROM_START, check_reexport_request
 from airflow_provider_servicetitan.task_retry import ServiceTitanRetryPolicy
 
@@ -89,12 +88,8 @@ with DAG(
             description="The resources of that connection to re-export; its other resources sync as usual",
         ),
     },
-    default_args={
-        "retries": 3,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    # The run's own tasks (list, report) retry like a credential's; the mapped ones get theirs from partial().
+    default_args=CREDENTIAL_TASK_DEFAULTS,
     doc_md=__doc__,
 ) as dag:
 
@@ -122,8 +117,10 @@ with DAG(
 
     credentials = list_credentials()
 
-    # What both per-credential tasks share: named by credential in the UI, same stores, same alerts.
+    # What both per-credential tasks share: named by credential in the UI, same stores, same alerts,
+    # the same Airflow retries (a mapped operator takes them from partial(), not from its __init__).
     per_credential: dict[str, Any] = {
+        **CREDENTIAL_TASK_DEFAULTS,
         "map_index_template": "{{ task.servicetitan_conn_id }}",
         "warehouse_conn_id": WAREHOUSE_CONN_ID,
         "redis_conn_id": REDIS_CONN_ID,

@@ -30,6 +30,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.breaker_policy import classify_servicetitan_error
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
@@ -161,6 +162,7 @@ def make_client(redis_client: redis.Redis, key_prefix: str) -> Iterator[Callable
             shared,
             config=breaker_config or BreakerConfig(failure_threshold=50, minimum_calls=1000),
             namespace=key_prefix,
+            classify=classify_servicetitan_error,
         )
         client = ServiceTitanClient(
             tokens,

@@ -41,7 +41,7 @@ from airflow_provider_servicetitan.errors import (
     is_retryable,
     parse_http_date,
     parse_retry_after,
-    to_error,
+    root_cause,
 )
 
 # path -> (status, headers, body). The handler answers whatever the test registered, with a
@@ -315,6 +315,23 @@ def test_retry_exhausted_follows_its_last_error():
     assert RetryExhaustedError(1, BadRequestError(status=400)).retryable is False
 
 
+def test_root_cause_unwraps_every_retry_that_gave_up():
+    rate_limited = RateLimitExceededError(status=429, retry_after=7.0)
+    inner = RetryExhaustedError(3, rate_limited)
+    outer = RetryExhaustedError(2, inner)
+
+    assert root_cause(outer) is rate_limited
+    assert root_cause(inner) is rate_limited
+
+
+def test_root_cause_of_any_other_error_is_the_error_itself():
+    breaker_open = CircuitBreakerOpenError("tenant-1", 30)
+    plain = ValueError("bug")
+
+    assert root_cause(breaker_open) is breaker_open
+    assert root_cause(plain) is plain
+
+
 def test_credential_validation_names_field_and_expectation():
     error = CredentialValidationError("tenant_id", "an integer, got 'abc'", conn_id="st_acme")
     assert error.field == "tenant_id"
@@ -326,14 +343,3 @@ def test_circuit_open_error_reports_wait():
     assert error.retry_after == 0.0
     assert error.breaker_name == "tenant-1"
     assert "tenant-1" in str(error)
-
-
-def test_to_error_takes_a_response_or_an_exception(http_server):
-    base, answers = http_server
-    answers["/x"] = (503, {}, problem(503, "Service unavailable"))
-    response = requests.get(f"{base}/x", timeout=5)
-    with pytest.raises(requests.Timeout) as caught:
-        requests.get(f"{base}/slow", timeout=0.2)
-
-    assert isinstance(to_error(response), ServiceUnavailableError)
-    assert isinstance(to_error(caught.value), ServiceTitanTimeoutError)

@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
+from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.client.auth import TokenManager
-from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import (
     AuthenticationError,
     InvalidCredentialsError,
@@ -62,6 +62,9 @@ class ExportPage:
 
 class ServiceTitanClient:
     """Talks to one tenant of ServiceTitan with one credential.
+
+    A context manager: leaving it (or calling :meth:`close`) closes its HTTP session and the
+    token manager's.
 
     :param token_manager: supplies (shared, self-renewing) access tokens for the credential.
     :param breaker: the credential's circuit breaker, shared by all workers.
@@ -158,7 +161,15 @@ class ServiceTitanClient:
         return records
 
     def close(self) -> None:
+        """Close the HTTP sessions: the API's and the token endpoint's."""
         self.session.close()
+        self.token_manager.close()
+
+    def __enter__(self) -> ServiceTitanClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _attempt(self, method: str, path: str, params: Mapping[str, Any] | None, json: Any) -> Any:
         """One attempt: a token, the call through the breaker, and one renewal on a 401."""

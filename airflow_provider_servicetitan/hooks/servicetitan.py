@@ -22,22 +22,21 @@ from airflow.sdk import BaseHook, Connection
 from airflow.sdk.log import mask_secret
 from cryptography.fernet import Fernet, MultiFernet
 
+from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.breaker_policy import classify_servicetitan_error
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import PREVIEW_CHARS, ServiceTitanCredentials
-from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import CredentialValidationError, ServiceTitanError
 from airflow_provider_servicetitan.get_provider_info import CONNECTION_TYPE
+from airflow_provider_servicetitan.hooks.redis import redis_from_connection
 from airflow_provider_servicetitan.metrics import MetricsListener
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
 from airflow_provider_servicetitan.resilience.retry import PRESETS as RETRY_PRESETS
 from airflow_provider_servicetitan.resilience.retry import RetryEvent, RetryPolicy
-from airflow_provider_servicetitan.resilience.shared_state import fail_fast_client
 
 log = logging.getLogger(__name__)
 
-# TLS settings a Redis connection extra may carry through to redis-py.
-_REDIS_SSL_ARGS = ("ssl", "ssl_cert_reqs", "ssl_ca_certs", "ssl_keyfile", "ssl_certfile", "ssl_check_hostname")
 _BREAKER_TUNABLES = frozenset(
     f.name for f in dataclasses.fields(BreakerConfig) if f.type in ("int", "float", int, float)
 )
@@ -112,18 +111,14 @@ class ServiceTitanHook(BaseHook):
         conn = self._connection
         extra = self._extra
 
-        def field(name: str) -> Any:
-            # Form fields are stored plain in Airflow 3; older UIs prefixed them.
-            return extra.get(name, extra.get(f"extra__{CONNECTION_TYPE}__{name}"))
-
         credentials = ServiceTitanCredentials.from_fields(
             client_id=conn.login,
             client_secret=conn.password,
-            app_key=field("app_key"),
-            tenant_id=field("tenant_id"),
-            environment=field("environment"),
-            auth_url=field("auth_url"),
-            api_url=field("api_url"),
+            app_key=extra.get("app_key"),
+            tenant_id=extra.get("tenant_id"),
+            environment=extra.get("environment"),
+            auth_url=extra.get("auth_url"),
+            api_url=extra.get("api_url"),
             conn_id=self.servicetitan_conn_id,
         )
         for secret in credentials.secrets():
@@ -160,6 +155,19 @@ class ServiceTitanHook(BaseHook):
         """A client for the connection's tenant; validated before any network call."""
         return self._client
 
+    def close(self) -> None:
+        """Close the client's HTTP sessions, if a client was built; the next :meth:`get_conn`
+        builds a new one."""
+        client = self.__dict__.pop("_client", None)
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> ServiceTitanHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @cached_property
     def _client(self) -> ServiceTitanClient:
         credentials = self.get_credentials()
@@ -184,18 +192,20 @@ class ServiceTitanHook(BaseHook):
             config=breaker_config,
             namespace=self.namespace,
             listeners=(metrics.on_transition,),
+            classify=classify_servicetitan_error,
         )
         return ServiceTitanClient(tokens, breaker=breaker, retry_policy=retry_policy, timeout=self.timeout)
 
     def test_connection(self) -> tuple[bool, str]:
         """Used by the UI's Test button: obtain a token and make one cheap API call."""
-        try:
-            client = self.get_conn()
-            client.request("GET", get_resource("customers").list_path(client.tenant_id), params={"pageSize": 1})
-        except ServiceTitanError as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        creds = client.credentials
-        return True, f"Connected to ServiceTitan tenant {creds.tenant_id} ({creds.environment}): token and API OK"
+        with self:
+            try:
+                client = self.get_conn()
+                client.request("GET", get_resource("customers").list_path(client.tenant_id), params={"pageSize": 1})
+            except ServiceTitanError as exc:
+                return False, f"{type(exc).__name__}: {exc}"
+            creds = client.credentials
+            return True, f"Connected to ServiceTitan tenant {creds.tenant_id} ({creds.environment}): token and API OK"
 
     def _settings(self, name: str, allowed: frozenset[str]) -> dict[str, Any]:
         """A tuning section of the connection extra, e.g. ``breaker``, with unknown keys rejected."""
@@ -230,26 +240,6 @@ class ServiceTitanHook(BaseHook):
                 "[core] fernet_key is not a valid Fernet key; tokens in Redis use a key derived from the secret"
             )
         return fernet
-
-
-def redis_from_connection(conn_id: str) -> redis.Redis:
-    """A Redis client for the Airflow Redis connection ``conn_id``, built to fail fast.
-
-    Redis is shared memory for coordination (tokens, breakers, alert dedup): a slow or dead Redis
-    must cost a fraction of a second, after which callers fall back to per-process state.
-    """
-    conn = BaseHook.get_connection(conn_id)
-    extra = conn.extra_dejson
-    password = conn.password if conn.password and str(conn.password).lower() not in ("none", "false") else None
-    target = redis.Redis(
-        host=conn.host or "127.0.0.1",
-        port=conn.port or 6379,
-        db=int(extra.get("db") or 0),
-        username=conn.login or None,
-        password=password,
-        **{name: extra[name] for name in _REDIS_SSL_ARGS if name in extra},
-    )
-    return fail_fast_client(target)
 
 
 def _short(message: str, limit: int = 200) -> str:

@@ -1,7 +1,7 @@
 """Alerts for a person: built from failures and breaker transitions, deduplicated through Redis.
 
-``ServiceTitanAlertNotifier`` is imported on first use, so the alert model, the classification
-and the deduplicator can be used without importing Airflow.
+``ServiceTitanAlertNotifier`` is imported on first use, so the alert model, the classification,
+the deduplicator and the dispatcher can be used without importing Airflow.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from airflow_provider_servicetitan.notifications.classify import (
     resolved_alert,
 )
 from airflow_provider_servicetitan.notifications.dedup import AlertDeduplicator
+from airflow_provider_servicetitan.notifications.dispatch import dispatch
 
 if TYPE_CHECKING:
     from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
@@ -28,6 +29,7 @@ __all__ = [
     "alert_from_exception",
     "alert_from_transition",
     "dead_letter_alert",
+    "dispatch",
     "make_incident_key",
     "resolved_alert",
 ]

@@ -23,6 +23,7 @@ from airflow_provider_servicetitan.errors import (
     ServiceTitanServerError,
     ServiceTitanTimeoutError,
     TokenRefreshError,
+    root_cause,
 )
 from airflow_provider_servicetitan.notifications.alerts import Alert, AlertKind, make_incident_key
 from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
@@ -123,9 +124,7 @@ def alert_from_exception(
 def _retries_exhausted(
     error: RetryExhaustedError, *, credential: str, tenant_id: str | None, log_url: str | None
 ) -> Alert:
-    last: BaseException = error.last_error
-    while isinstance(last, RetryExhaustedError):
-        last = last.last_error
+    last = root_cause(error)
     trace_id = getattr(last, "trace_id", None)
     system_action = f"Tried {error.attempts} times with exponential backoff and jitter"
     if isinstance(last, RateLimitExceededError):

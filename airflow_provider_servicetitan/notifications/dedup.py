@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 
 import redis
 
+from airflow_provider_servicetitan.resilience.keys import require_key_part
 from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS, SharedRedis
 
 __all__ = ["AlertDeduplicator"]
 
 logger = logging.getLogger(__name__)
-
-_NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9_.:/@-]{1,200}")
 
 # Take the open incidents of a credential (all, or those of one kind) and remove them, atomically:
 # of several processes resolving the same credential, exactly one gets them.
@@ -77,8 +75,7 @@ class AlertDeduplicator:
         redis_recheck_seconds: float = DEFAULT_REDIS_RECHECK_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not _NAMESPACE_PATTERN.fullmatch(namespace):
-            raise ValueError(f"namespace must match {_NAMESPACE_PATTERN.pattern}, got {namespace!r}")
+        require_key_part(namespace, "namespace")
         if not window_seconds >= 0.001:
             raise ValueError(f"window_seconds must be at least 0.001, got {window_seconds!r}")
         if not open_incident_ttl_seconds >= window_seconds:

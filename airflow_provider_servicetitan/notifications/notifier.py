@@ -1,5 +1,8 @@
 """The Airflow notifier: a failed task or a breaker that opens becomes one alert per incident.
 
+Context -> classify (:mod:`.classify`) -> dispatch (:mod:`.dispatch`: deduplication, channels,
+all-clears); this module only reads Airflow's context and connections.
+
 Use it as ``on_failure_callback`` (not ``on_retry_callback``: a retry is not an incident yet), and
 call :meth:`ServiceTitanAlertNotifier.send` from code that detects incidents itself (the breaker
 listener, the report task). Every alert goes to the task log; a webhook and email are optional.
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from airflow.sdk import BaseNotifier
 
-from airflow_provider_servicetitan.notifications.alerts import Alert, AlertKind, DetailValue
+from airflow_provider_servicetitan.notifications.alerts import Alert, DetailValue
 from airflow_provider_servicetitan.notifications.channels import (
     AlertChannel,
     EmailChannel,
@@ -29,6 +32,7 @@ from airflow_provider_servicetitan.notifications.classify import (
     find_servicetitan_error,
 )
 from airflow_provider_servicetitan.notifications.dedup import AlertDeduplicator
+from airflow_provider_servicetitan.notifications.dispatch import dispatch
 from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
 
 if TYPE_CHECKING:
@@ -55,9 +59,20 @@ class ServiceTitanAlertNotifier(BaseNotifier):
     :param credential: the credential a failure callback reports; default the task's
         ``servicetitan_conn_id`` (attribute, or ``op_kwargs`` of a Python task).
     :param webhook_timeout: seconds to wait for the webhook.
+    :param kwargs: passed to Airflow's ``BaseNotifier`` (``context``).
+
+    Templated (rendered with the task's context before a failure callback): ``webhook_conn_id``,
+    ``webhook_endpoint``, ``email_to``, ``smtp_conn_id``, ``email_from``, ``credential``.
     """
 
-    template_fields: Sequence[str] = ("webhook_conn_id", "webhook_endpoint", "email_to", "smtp_conn_id")
+    template_fields: Sequence[str] = (
+        "webhook_conn_id",
+        "webhook_endpoint",
+        "email_to",
+        "smtp_conn_id",
+        "email_from",
+        "credential",
+    )
 
     def __init__(
         self,
@@ -72,8 +87,9 @@ class ServiceTitanAlertNotifier(BaseNotifier):
         dedup_window_seconds: float = 3600.0,
         credential: str | None = None,
         webhook_timeout: float = 10.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         self.webhook_conn_id = webhook_conn_id
         self.webhook_endpoint = webhook_endpoint
         self.email_to = email_to
@@ -95,7 +111,7 @@ class ServiceTitanAlertNotifier(BaseNotifier):
     def _redis_client(self) -> redis.Redis | None:
         if self.redis_conn_id is None:
             return None
-        from airflow_provider_servicetitan.hooks.servicetitan import redis_from_connection
+        from airflow_provider_servicetitan.hooks.redis import redis_from_connection
 
         try:
             return redis_from_connection(self.redis_conn_id)
@@ -171,44 +187,12 @@ class ServiceTitanAlertNotifier(BaseNotifier):
         return listener
 
     def send(self, alert: Alert) -> bool:
-        """Send ``alert`` unless its incident already alerted in this window.
+        """Send ``alert`` once per incident; a ``resolved`` one only where an alert went out.
 
-        A ``resolved`` alert is sent only if the credential has open incidents (of the kind it
-        resolves), which it closes. Returns whether the alert was sent (to the log at least);
-        never raises.
+        See :func:`~airflow_provider_servicetitan.notifications.dispatch.dispatch`. Returns whether
+        the alert was sent (to the log at least); never raises.
         """
-        try:
-            if alert.kind is AlertKind.RESOLVED:
-                closed = self.dedup.close_incidents(alert.credential, alert.resolves)
-                if not closed:
-                    logger.debug("%s: no open incident, no resolved message", alert.credential)
-                    return False
-                alert = alert.with_details(closed=", ".join(closed))
-            elif not self.dedup.first_in_window(alert.incident_key, credential=alert.credential, kind=alert.kind):
-                logger.info("ServiceTitan alert %r already sent in this window; not repeated", alert.title)
-                return False
-            if not self._deliver(alert) and alert.kind is not AlertKind.RESOLVED:
-                # Nobody got it: let the next occurrence try again rather than stay silent for a window.
-                self.dedup.forget(alert.incident_key)
-        except Exception:
-            logger.exception("could not send the ServiceTitan alert %r", alert.title)
-            return False
-        return True
-
-    def _deliver(self, alert: Alert) -> bool:
-        """Log ``alert`` and hand it to every channel; whether a channel (if any) delivered it."""
-        level = logging.INFO if alert.kind is AlertKind.RESOLVED else logging.ERROR
-        logger.log(level, "%s", alert.as_text())
-        channels = self.channels
-        delivered = 0
-        for channel in channels:
-            try:
-                channel.deliver(alert)
-            except Exception as error:
-                logger.error("ServiceTitan alert %r: %s failed: %s", alert.title, channel.name, describe_failure(error))
-            else:
-                delivered += 1
-        return delivered > 0 or not channels
+        return dispatch(alert, dedup=self.dedup, channels=self.channels)
 
 
 def _log_url(ti: object) -> str | None:

@@ -56,20 +56,16 @@ class ServiceTitanRecoveryOperator(BaseOperator):
         self.max_attempts = max_attempts
 
     def execute(self, context: Context) -> dict[str, object]:
-        store = open_store(self.warehouse_conn_id, table_prefix=self.table_prefix)
-        try:
-            client = ServiceTitanHook(
-                self.servicetitan_conn_id, self.redis_conn_id, namespace=self.redis_namespace
-            ).get_conn()
+        hook = ServiceTitanHook(self.servicetitan_conn_id, self.redis_conn_id, namespace=self.redis_namespace)
+        # Leaving the hook closes the client it built (its HTTP sessions).
+        with hook, open_store(self.warehouse_conn_id, table_prefix=self.table_prefix) as store:
             result = recover_dead_letters(
-                client,
+                hook.get_conn(),
                 store,
                 credential=self.servicetitan_conn_id,
                 run_id=str(context["run_id"]),
                 max_attempts=self.max_attempts,
             )
-        finally:
-            store.close()
         metrics.emit_recovery(result)
         if result.needs_attention:
             self.log.warning(

@@ -11,10 +11,7 @@ from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN
 from airflow_provider_servicetitan.notifications.alerts import AlertKind
 from airflow_provider_servicetitan.notifications.classify import dead_letter_alert, resolved_alert
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
-from airflow_provider_servicetitan.storage.models import RunLog
-from airflow_provider_servicetitan.storage.store import SyncStore
-
-_COUNTS = ("pages", "records_processed", "records_successful", "records_failed", "records_recovered", "retries")
+from airflow_provider_servicetitan.storage.models import CredentialTotals, RunLog
 
 
 class ServiceTitanReportOperator(BaseOperator):
@@ -32,8 +29,9 @@ class ServiceTitanReportOperator(BaseOperator):
     :param max_recovery_attempts: the recovery task's ``max_attempts``: a dead letter that failed
         that many times needs a person.
 
-    Returns (XCom) ``{credential: {pages, records_processed, ..., resources, credential_status,
-    open_dead_letters, needs_attention, interrupted}}``: ``needs_attention`` counts the open dead
+    Returns (XCom) ``{credential: {pages, records_processed, ..., breaker_events, resources,
+    credential_status, open_dead_letters, needs_attention, interrupted}}`` (the counters are the sync
+    log's, see ``storage.RUN_COUNTERS``): ``needs_attention`` counts the open dead
     letters only a person can resolve (no usable id, or recovery gave up); ``interrupted`` lists
     the earlier runs this run's syncs found left ``running`` by a process that is gone.
     """
@@ -62,46 +60,33 @@ class ServiceTitanReportOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, dict[str, object]]:
         run_id = str(context["run_id"])
-        store = open_store(self.warehouse_conn_id, table_prefix=self.table_prefix)
-        try:
-            rows = store.get_run_log(run_id)
-            totals = {
-                credential: self._credential_totals(
-                    store, credential, run_id, [row for row in rows if row.credential == credential]
-                )
-                for credential in list(self.connections)
-            }
-        finally:
-            store.close()
-        for credential, line in totals.items():
+        with open_store(self.warehouse_conn_id, table_prefix=self.table_prefix) as store:
+            totals = store.run_totals(
+                run_id, max_recovery_attempts=self.max_recovery_attempts, credentials=list(self.connections)
+            )
+        report = {credential: self._credential_line(line) for credential, line in totals.items()}
+        for credential, line in report.items():
             self.log.info("ServiceTitan sync %s for %s: %s", run_id, credential, line)
-        return totals
+        return report
 
-    def _credential_totals(
-        self, store: SyncStore, credential: str, run_id: str, mine: list[RunLog]
-    ) -> dict[str, object]:
+    def _credential_line(self, totals: CredentialTotals) -> dict[str, object]:
         """One credential's line of the report; alerts on its dead letters, or resolves that alert."""
-        status = store.get_credential_status(credential)
-        open_letters = store.count_unresolved_dead_letters(credential)
-        needs_attention = store.count_dead_letters_needing_attention(
-            credential, max_attempts=self.max_recovery_attempts
-        )
-        interrupted = store.interrupted_runs(credential, by_run_id=run_id)
-        for row in interrupted:
+        credential = totals.credential
+        for row in totals.interrupted:
             self.log.warning("%s: run %s of %s: %s", credential, row.run_id, row.resource, row.message)
         if self.notifier is not None:
-            if open_letters > self.dead_letter_threshold or needs_attention:
-                alert = dead_letter_alert(credential, open_letters, self.dead_letter_threshold)
-                self.notifier.send(alert.with_details(needs_a_person=needs_attention))
+            if totals.open_dead_letters > self.dead_letter_threshold or totals.needs_attention:
+                alert = dead_letter_alert(credential, totals.open_dead_letters, self.dead_letter_threshold)
+                self.notifier.send(alert.with_details(needs_a_person=totals.needs_attention))
             else:
                 self.notifier.send(resolved_alert(credential, AlertKind.DEAD_LETTERS_OVER_THRESHOLD))
         return {
-            **{name: sum(int(getattr(row, name)) for row in mine) for name in _COUNTS},
-            "resources": {row.resource: row.status for row in mine},
-            "credential_status": status.status if status else "unknown",
-            "open_dead_letters": open_letters,
-            "needs_attention": needs_attention,
-            "interrupted": [_interrupted_entry(row) for row in interrupted],
+            **totals.counts.counters(),
+            "resources": dict(totals.resources),
+            "credential_status": totals.credential_status or "unknown",
+            "open_dead_letters": totals.open_dead_letters,
+            "needs_attention": totals.needs_attention,
+            "interrupted": [_interrupted_entry(row) for row in totals.interrupted],
         }
 
 

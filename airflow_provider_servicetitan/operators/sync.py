@@ -11,40 +11,38 @@ A person can re-export resources from the start or from a day (``reexport_from``
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, NoReturn
+from functools import partial
+from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_provider_servicetitan import metrics
+from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES, RESOURCES
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
-from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES, RESOURCES
-from airflow_provider_servicetitan.errors import CredentialValidationError, InvalidCredentialsError
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
-from airflow_provider_servicetitan.notifications.alerts import AlertKind
 from airflow_provider_servicetitan.notifications.classify import resolved_alert
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
-from airflow_provider_servicetitan.storage.store import SyncStore
-from airflow_provider_servicetitan.sync.engine import ResourceSummary, SyncEvents, sync_resource
+from airflow_provider_servicetitan.sync.credential import CredentialOutcome, sync_credential
+from airflow_provider_servicetitan.sync.engine import SyncEvents
 from airflow_provider_servicetitan.sync.reexport import Reexport, parse_reexport_from, parse_reexport_resources
 
+__all__ = ["CREDENTIAL_TASK_DEFAULTS", "ServiceTitanSyncOperator"]
+
 # Airflow-level retries for failures the in-call retries could not fix (outage, open circuit).
-_TASK_RETRY_DEFAULTS: dict[str, Any] = {
+# A mapped operator takes these from partial(), not from __init__: a DAG that maps the sync task
+# passes them there (``ServiceTitanSyncOperator.partial(**CREDENTIAL_TASK_DEFAULTS, ...)``).
+CREDENTIAL_TASK_DEFAULTS: dict[str, Any] = {
     "retries": 3,
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=30),
 }
-
-
-# Incidents a clean sync ends. Too many dead letters ends only when the report sees fewer.
-_RESOLVED_BY_A_CLEAN_SYNC = (AlertKind.NEEDS_ATTENTION, AlertKind.RETRIES_EXHAUSTED, AlertKind.CIRCUIT_OPENED)
 
 
 class ServiceTitanSyncOperator(BaseOperator):
@@ -102,7 +100,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         reexport_resources: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
-        for name, value in _TASK_RETRY_DEFAULTS.items():
+        for name, value in CREDENTIAL_TASK_DEFAULTS.items():
             kwargs.setdefault(name, value)
         super().__init__(**kwargs)
         self.servicetitan_conn_id = servicetitan_conn_id
@@ -124,82 +122,53 @@ class ServiceTitanSyncOperator(BaseOperator):
         self._check_resources()
         reexports = self._reexports()
         credential = self.servicetitan_conn_id
-        run_id = str(context["run_id"])
-        store = open_store(self.warehouse_conn_id, table_prefix=self.table_prefix)
-        try:
-            events = SyncEvents()
-            hook = ServiceTitanHook(
-                credential,
-                self.redis_conn_id,
-                retry_policy=RetryPolicy.preset(self.retry_preset) if self.retry_preset else None,
-                breaker_config=self.breaker_config,
-                namespace=self.redis_namespace,
-                retry_listener=events.on_retry,
+        events = SyncEvents()
+        hook = ServiceTitanHook(
+            credential,
+            self.redis_conn_id,
+            retry_policy=RetryPolicy.preset(self.retry_preset) if self.retry_preset else None,
+            breaker_config=self.breaker_config,
+            namespace=self.redis_namespace,
+            retry_listener=events.on_retry,
+        )
+        # Leaving the hook closes the client it built (its HTTP sessions).
+        with hook, open_store(self.warehouse_conn_id, table_prefix=self.table_prefix) as store:
+            outcome = sync_credential(
+                hook,
+                store,
+                credential=credential,
+                run_id=str(context["run_id"]),
+                resources=self.servicetitan_resources,
+                reexports=reexports,
+                include_recent_changes=self.include_recent_changes,
+                events=events,
+                on_connect=self._alert_on_breaker_open,
+                on_error=partial(metrics.count_error, credential),
+                on_resource=partial(metrics.emit_resource_summary, credential),
             )
-            try:
-                fingerprint = hook.get_credentials().secret_fingerprint
-            except CredentialValidationError as invalid:
-                self._needs_attention(store, str(invalid), None)
-            self._skip_if_known_bad(store, fingerprint, run_id)
-            try:
-                client = hook.get_conn()
-            except CredentialValidationError as invalid:
-                self._needs_attention(store, str(invalid), fingerprint)
-            client.breaker.add_listener(events.on_transition)
-            if self.alert_notifier is not None:
-                tenant = str(client.tenant_id)
-                client.breaker.add_listener(self.alert_notifier.transition_listener(credential, tenant_id=tenant))
-            return self._sync_all(client, store, run_id, fingerprint, events, reexports)
-        finally:
-            store.close()
+        return self._task_result(outcome)
 
-    def _sync_all(
-        self,
-        client: ServiceTitanClient,
-        store: SyncStore,
-        run_id: str,
-        fingerprint: str,
-        events: SyncEvents,
-        reexports: dict[str, Reexport],
-    ) -> dict[str, dict[str, object]]:
+    def _alert_on_breaker_open(self, client: ServiceTitanClient) -> None:
+        if self.alert_notifier is not None:
+            listener = self.alert_notifier.transition_listener(
+                self.servicetitan_conn_id, tenant_id=str(client.tenant_id)
+            )
+            client.breaker.add_listener(listener)
+
+    def _task_result(self, outcome: CredentialOutcome) -> dict[str, dict[str, object]]:
+        """The outcome as Airflow sees it: skipped, failed for good, retried, or the XCom summary."""
         credential = self.servicetitan_conn_id
-        summaries: dict[str, ResourceSummary] = {}
-        first_error: Exception | None = None
-        for resource in self.servicetitan_resources:
-            started = time.monotonic()
-            try:
-                summaries[resource] = sync_resource(
-                    client,
-                    store,
-                    credential=credential,
-                    resource=resource,
-                    run_id=run_id,
-                    include_recent_changes=self.include_recent_changes,
-                    events=events,
-                    reexport=reexports.get(resource),
-                )
-            except InvalidCredentialsError as rejected:
-                metrics.count_error(credential, rejected)
-                self._needs_attention(store, str(rejected), fingerprint)
-            except Exception as error:
-                metrics.count_error(credential, error)
-                self.log.warning("Sync of %s failed (%s); continuing with the other resources", resource, error)
-                summaries[resource] = ResourceSummary(resource, "failed", message=f"{type(error).__name__}: {error}")
-                first_error = first_error or error
-            metrics.emit_resource_summary(credential, summaries[resource], time.monotonic() - started)
-        skipped = [name for name, summary in summaries.items() if summary.status == "skipped"]
-        if first_error is not None or skipped:
-            reason = "; ".join(f"{s.resource}: {s.message}" for s in summaries.values() if s.status != "success")
-            store.set_credential_status(credential, "degraded", reason, fingerprint)
-        else:
-            store.set_credential_status(credential, "ok", None, fingerprint)
-            if self.alert_notifier is not None:
-                for kind in _RESOLVED_BY_A_CLEAN_SYNC:
-                    self.alert_notifier.send(resolved_alert(credential, kind, tenant_id=str(client.tenant_id)))
-        result = {name: summary.as_dict() for name, summary in summaries.items()}
+        if outcome.kind == "skipped_known_bad":
+            raise AirflowSkipException(f"{outcome.reason}. Fix the connection's secret or credentials to resume.")
+        if outcome.kind == "needs_attention":
+            raise AirflowFailException(f"{credential} needs attention: {outcome.reason}") from outcome.error
+        if self.alert_notifier is not None:
+            for kind in outcome.resolves:
+                self.alert_notifier.send(resolved_alert(credential, kind, tenant_id=str(outcome.tenant_id)))
+        result = outcome.summary_dict()
         self.log.info("Sync summary for %s: %s", credential, result)
-        if first_error is not None:
-            raise first_error
+        if outcome.error is not None:
+            raise outcome.error
         return result
 
     def _check_resources(self) -> None:
@@ -229,17 +198,3 @@ class ServiceTitanSyncOperator(BaseOperator):
         chosen = named or self.servicetitan_resources
         self.log.info("Re-exporting %s of %s from %s", ", ".join(chosen), self.servicetitan_conn_id, reexport)
         return dict.fromkeys(chosen, reexport)
-
-    def _skip_if_known_bad(self, store: SyncStore, fingerprint: str, run_id: str) -> None:
-        status = store.get_credential_status(self.servicetitan_conn_id)
-        if status is None or status.status != "needs_attention" or status.secret_fingerprint != fingerprint:
-            return
-        reason = f"credential needs attention since {status.since:%Y-%m-%d %H:%M} UTC: {status.reason}"
-        for resource in self.servicetitan_resources:
-            store.start_run(run_id, self.servicetitan_conn_id, resource)
-            store.finish_run(run_id, self.servicetitan_conn_id, resource, "skipped", reason)
-        raise AirflowSkipException(f"{reason}. Fix the connection's secret or credentials to resume.")
-
-    def _needs_attention(self, store: SyncStore, reason: str, fingerprint: str | None) -> NoReturn:
-        store.set_credential_status(self.servicetitan_conn_id, "needs_attention", reason, fingerprint)
-        raise AirflowFailException(f"{self.servicetitan_conn_id} needs attention: {reason}")

@@ -12,6 +12,9 @@
   rather than keep an Airflow worker asleep for minutes;
 * when attempts or time run out, :class:`RetryExhaustedError` is raised ``from`` the last error.
 
+The rule is composed from tenacity's own pieces: ``retry_if_exception`` for ``retry_on``,
+``stop_after_attempt | <time budget>`` for when to give up, ``wait_exponential`` for the backoff
+ceiling. Three small callables fill what tenacity cannot express exactly (each says why).
 Clock, sleep and random source are injectable, so the behaviour can be tested without sleeping.
 This module does not import Airflow.
 """
@@ -21,16 +24,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, NoReturn, ParamSpec, TypeGuard, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import tenacity
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from airflow_provider_servicetitan.errors import RetryExhaustedError, is_retryable
+from airflow_provider_servicetitan.resilience.checks import (
+    is_finite_number,
+    require_positive,
+    require_positive_int,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +96,15 @@ class RetryPolicy:
     listener: Callable[[RetryEvent], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        require_positive_int(self.max_attempts, "max_attempts")
         for name in ("base_delay", "max_delay"):
             value = getattr(self, name)
-            if not _is_number(value) or value < 0:
+            if not is_finite_number(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         if self.base_delay > self.max_delay:
             raise ValueError(f"base_delay ({self.base_delay}) must not be greater than max_delay ({self.max_delay})")
-        if self.max_elapsed is not None and (not _is_number(self.max_elapsed) or self.max_elapsed <= 0):
-            raise ValueError(f"max_elapsed must be None or a finite number of seconds > 0, got {self.max_elapsed!r}")
+        if self.max_elapsed is not None:
+            require_positive(self.max_elapsed, "max_elapsed")
         for name in ("retry_on", "sleep", "clock"):
             if not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be callable")
@@ -138,78 +144,24 @@ class RetryPolicy:
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)`` under this policy and return its result."""
-        run = _Run(self, _name_of(fn))
+        name = _name_of(fn)
+        budget = _StopPastBudget(self, started=self.clock())
         retrying = tenacity.Retrying(
-            retry=run.retry,
-            stop=run.stop,
-            wait=run.wait,
-            before_sleep=run.before_sleep,
-            retry_error_callback=run.give_up,
+            retry=tenacity.retry_if_exception(self.retry_on),
+            stop=tenacity.stop_after_attempt(self.max_attempts) | budget,
+            wait=_WaitAtLeastRetryAfter(_WaitFullJitter(self)),
+            before_sleep=functools.partial(self._announce_retry, name),
+            retry_error_callback=functools.partial(self._give_up, name, budget),
             sleep=lambda seconds: self.sleep(float(seconds)),
         )
         # Bound here, not passed through: tenacity's own first parameter is called ``fn`` too.
         return retrying(functools.partial(fn, *args, **kwargs))
 
-
-class _Run:
-    """The state of one :meth:`RetryPolicy.call`: its start on the policy's clock and its plan.
-
-    tenacity asks ``stop`` and ``wait`` separately (in an order that changed between versions);
-    both read one plan per attempt, so the jitter is drawn once and the delay that was checked
-    against the budget is exactly the delay that is slept.
-    """
-
-    def __init__(self, policy: RetryPolicy, fn_name: str) -> None:
-        self.policy = policy
-        self.fn_name = fn_name
-        self.rng = policy.rng or _RNG
-        self.started = policy.clock()
-        self._planned_for = 0
-        self._delay: float | None = None  # None: give up
-        self._reason = ""
-
-    def retry(self, state: tenacity.RetryCallState) -> bool:
-        error = _error(state)
-        return error is not None and bool(self.policy.retry_on(error))
-
-    def stop(self, state: tenacity.RetryCallState) -> bool:
-        return self._plan(state) is None
-
-    def wait(self, state: tenacity.RetryCallState) -> float:
-        return self._plan(state) or 0.0
-
-    def _plan(self, state: tenacity.RetryCallState) -> float | None:
-        """The sleep before the next attempt, or ``None`` to give up (``_reason`` says why)."""
-        attempt = state.attempt_number
-        if self._planned_for == attempt:
-            return self._delay
-        self._planned_for, self._delay = attempt, None
-        policy = self.policy
-        if attempt >= policy.max_attempts:
-            self._reason = "no attempts left"
-            return None
-        ceiling = min(policy.max_delay, policy.base_delay * 2.0 ** min(attempt - 1, 1023))
-        delay = self.rng.uniform(0.0, ceiling)
-        remaining = None
-        if policy.max_elapsed is not None:
-            remaining = policy.max_elapsed - (policy.clock() - self.started)
-        retry_after = _retry_after(_error(state))
-        if retry_after is not None:
-            budget = policy.max_delay if remaining is None else remaining
-            if retry_after > budget:
-                self._reason = f"asked to wait {retry_after:.2f}s, more than the {max(budget, 0):.2f}s left"
-                return None
-            delay = max(delay, retry_after)
-        if remaining is not None and (remaining <= 0 or delay > remaining):
-            self._reason = f"a {delay:.2f}s wait would pass max_elapsed={policy.max_elapsed:g}s"
-            return None
-        self._delay = delay
-        return delay
-
-    def before_sleep(self, state: tenacity.RetryCallState) -> None:
+    def _announce_retry(self, fn_name: str, state: tenacity.RetryCallState) -> None:
+        """Log the retry about to happen and tell the listener (tenacity's ``before_sleep``)."""
         error = _error(state)
         assert error is not None  # noqa: S101 - tenacity only sleeps after a retried failure
-        delay = self._delay or 0.0
+        delay = state.upcoming_sleep
         event = RetryEvent(
             attempt=state.attempt_number,
             delay=delay,
@@ -221,9 +173,9 @@ class _Run:
         # data we must not log.
         log.warning(
             "%s: attempt %d of %d failed with %s (traceId=%s); retrying in %.2fs",
-            self.fn_name,
+            fn_name,
             event.attempt,
-            self.policy.max_attempts,
+            self.max_attempts,
             event.error_class,
             event.trace_id or "-",
             delay,
@@ -234,26 +186,99 @@ class _Run:
                 "retry_trace_id": event.trace_id,
             },
         )
-        if self.policy.listener is not None:
+        if self.listener is not None:
             try:
-                self.policy.listener(event)
+                self.listener(event)
             except Exception:
                 # Metrics must never break a sync.
-                log.warning("retry listener %s failed", _name_of(self.policy.listener), exc_info=True)
+                log.warning("retry listener %s failed", _name_of(self.listener), exc_info=True)
 
-    def give_up(self, state: tenacity.RetryCallState) -> NoReturn:
+    def _give_up(self, fn_name: str, budget: _StopPastBudget, state: tenacity.RetryCallState) -> NoReturn:
+        """Log why and raise :class:`RetryExhaustedError` from the last error (tenacity's
+        ``retry_error_callback``)."""
         error = _error(state)
         assert error is not None  # noqa: S101 - tenacity only stops after a retried failure
+        reason = "no attempts left" if state.attempt_number >= self.max_attempts else budget.why(state)
         log.warning(
             "%s: giving up after %d attempt%s, last error %s (traceId=%s): %s",
-            self.fn_name,
+            fn_name,
             state.attempt_number,
             "" if state.attempt_number == 1 else "s",
             type(error).__name__,
             _trace_id(error) or "-",
-            self._reason,
+            reason,
         )
         raise RetryExhaustedError(state.attempt_number, error) from error
+
+
+class _WaitFullJitter(tenacity.wait_exponential):
+    """Full jitter: ``uniform(0, min(max_delay, base_delay * 2 ** (n - 1)))`` before attempt ``n + 1``.
+
+    tenacity's ``wait_random_exponential`` computes the same ceiling (inherited here), but draws
+    from the module-level ``random``; this draws from the policy's injectable ``rng``. It draws
+    nothing after the last attempt: tenacity asks ``wait`` before ``stop``, and no sleep follows
+    the last attempt. A ``base_delay`` of 0 keeps every ceiling at 0 (tenacity 9.2's
+    ``wait_exponential`` returns ``max`` once ``2 ** n`` overflows a float, whatever the multiplier).
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        super().__init__(multiplier=policy.base_delay, max=policy.max_delay)
+        self._last_attempt = policy.max_attempts
+        self._rng = policy.rng or _RNG
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        if retry_state.attempt_number >= self._last_attempt:
+            return 0.0
+        ceiling = super().__call__(retry_state) if self.multiplier > 0 else 0.0
+        return self._rng.uniform(0.0, ceiling)
+
+
+class _WaitAtLeastRetryAfter(wait_base):
+    """The backoff, or longer if the error asks for it (429 ``Retry-After``, an open breaker).
+
+    tenacity combines waits by sum (``+``) or in sequence (``wait_chain``), not by maximum.
+    """
+
+    def __init__(self, backoff: wait_base) -> None:
+        self._backoff = backoff
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        delay = self._backoff(retry_state)
+        retry_after = _retry_after(_error(retry_state))
+        return delay if retry_after is None else max(delay, retry_after)
+
+
+class _StopPastBudget(stop_base):
+    """Stop rather than start a sleep (``retry_state.upcoming_sleep``) that would end past the budget.
+
+    The budget is what is left of ``max_elapsed`` on the policy's clock, or ``max_delay`` without
+    one (only a server's ``Retry-After`` can ask for more than ``max_delay``). tenacity's
+    ``stop_before_delay`` does the first with its own ``time.monotonic`` start, which a test cannot
+    move, and has no notion of the second.
+    """
+
+    def __init__(self, policy: RetryPolicy, *, started: float) -> None:
+        self._policy = policy
+        self._started = started
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        left = self._left()
+        out_of_time = self._policy.max_elapsed is not None and left <= 0
+        return out_of_time or retry_state.upcoming_sleep > left
+
+    def why(self, retry_state: tenacity.RetryCallState) -> str:
+        """Why this stopped the retries, for the log."""
+        left = self._left()
+        retry_after = _retry_after(_error(retry_state))
+        if retry_after is not None and retry_after > left:
+            return f"asked to wait {retry_after:.2f}s, more than the {max(left, 0):.2f}s left"
+        return f"a {retry_state.upcoming_sleep:.2f}s wait would pass max_elapsed={self._policy.max_elapsed}s"
+
+    def _left(self) -> float:
+        policy = self._policy
+        if policy.max_elapsed is None:
+            return policy.max_delay
+        return policy.max_elapsed - (policy.clock() - self._started)
 
 
 def _error(state: tenacity.RetryCallState) -> BaseException | None:
@@ -265,7 +290,7 @@ def _error(state: tenacity.RetryCallState) -> BaseException | None:
 
 def _retry_after(error: BaseException | None) -> float | None:
     value = getattr(error, "retry_after", None)
-    return float(value) if _is_number(value) and value >= 0 else None
+    return float(value) if is_finite_number(value) and value >= 0 else None
 
 
 def _trace_id(error: BaseException) -> str | None:
@@ -275,7 +300,3 @@ def _trace_id(error: BaseException) -> str | None:
 
 def _name_of(fn: object) -> str:
     return str(getattr(fn, "__qualname__", type(fn).__name__))
-
-
-def _is_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -15,7 +15,6 @@ sync. So each of them talks to Redis through :class:`SharedRedis`, which
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import weakref
@@ -25,6 +24,8 @@ from typing import Generic, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from airflow_provider_servicetitan.resilience.checks import require_positive
 
 __all__ = [
     "DEFAULT_REDIS_RECHECK_SECONDS",
@@ -69,7 +70,7 @@ def fail_fast_client(client: Client, *, timeout: float = FAIL_FAST_TIMEOUT_SECON
     rebuilt from its pool: it is returned unchanged (a warning says so); build those with short
     timeouts and no retries yourself.
     """
-    _positive(timeout, "timeout")
+    require_positive(timeout, "timeout")
     if not isinstance(client, redis.Redis):
         _warn_not_converted(client)
         return client
@@ -106,11 +107,6 @@ def _warn_not_converted(client: object) -> None:
     )
 
 
-def _positive(value: float, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 class SharedRedis(Generic[Client]):
     """The Redis one component keeps its shared state in, and what to do when Redis fails.
 
@@ -138,7 +134,7 @@ class SharedRedis(Generic[Client]):
         log: logging.Logger = logger,
         on_recovery: Callable[[], None] | None = None,
     ) -> None:
-        _positive(recheck_seconds, "redis_recheck_seconds")
+        require_positive(recheck_seconds, "redis_recheck_seconds")
         self.client: Client | None = fail_fast_client(client) if client is not None else None
         self.user = user
         self.degraded = degraded

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from airflow_provider_servicetitan.client.resources import RESOURCES, Resource
+from airflow_provider_servicetitan.catalog import RESOURCES, Resource
 from airflow_provider_servicetitan.sandbox.auth import authorize, issue_token
 from airflow_provider_servicetitan.sandbox.cursor import encode_position
 from airflow_provider_servicetitan.sandbox.data import Record

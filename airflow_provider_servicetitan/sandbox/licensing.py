@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from airflow_provider_servicetitan.client.resources import RESOURCES
+from airflow_provider_servicetitan.catalog import RESOURCES
 
 MODULES: frozenset[str] = frozenset(resource.module for resource in RESOURCES.values())
 

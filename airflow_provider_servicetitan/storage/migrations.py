@@ -12,8 +12,8 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Table, bindparam, inspect, select, text, update
 from sqlalchemy.schema import CreateColumn
 
+from airflow_provider_servicetitan.storage.records import record_number
 from airflow_provider_servicetitan.storage.schema import Tables
-from airflow_provider_servicetitan.sync.records import record_number
 
 Migration = Callable[[Connection, Tables], None]
 

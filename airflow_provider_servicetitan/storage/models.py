@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -122,8 +123,42 @@ class RunOwner:
 
 
 @dataclass(frozen=True)
-class RunLog:
-    """The counts of one (run, credential, resource).
+class RunCounts:
+    """The counters of the sync log: the one place their names are spelled.
+
+    The log table has one column per field (:data:`RUN_COUNTERS`), every write adds to them, and
+    :class:`RunLog` and :class:`CredentialTotals` read them under the same names.
+    """
+
+    pages: int = 0
+    records_processed: int = 0
+    records_successful: int = 0
+    records_failed: int = 0
+    records_recovered: int = 0
+    retries: int = 0
+    breaker_events: int = 0
+
+    @classmethod
+    def total(cls, counts: Iterable[RunCounts]) -> RunCounts:
+        """The sum of ``counts``, counter by counter."""
+        sums = dict.fromkeys(RUN_COUNTERS, 0)
+        for one in counts:
+            for name in RUN_COUNTERS:
+                sums[name] += getattr(one, name)
+        return cls(**sums)
+
+    def counters(self) -> dict[str, int]:
+        """Only the counters, by name (a :class:`RunLog` leaves its other fields out)."""
+        return {name: getattr(self, name) for name in RUN_COUNTERS}
+
+
+RUN_COUNTERS: tuple[str, ...] = tuple(field.name for field in fields(RunCounts))
+"""The names of the sync log's counters, in table order."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunLog(RunCounts):
+    """The counts of one (run, credential, resource) (the counters are those of :class:`RunCounts`).
 
     ``status`` is ``running``, a :data:`RunStatus`, :data:`INTERRUPTED` (then ``finished_at`` is
     when that was found and ``interrupted_by`` the run that found it) or :data:`RECOVERED`. The
@@ -135,13 +170,6 @@ class RunLog:
     credential: str
     resource: str
     status: str
-    pages: int
-    records_processed: int
-    records_successful: int
-    records_failed: int
-    records_recovered: int
-    retries: int
-    breaker_events: int
     started_at: datetime
     finished_at: datetime | None
     message: str | None
@@ -150,6 +178,29 @@ class RunLog:
     owner_pid: int | None
     heartbeat_at: datetime | None
     interrupted_by: str | None
+
+
+@dataclass(frozen=True)
+class CredentialTotals:
+    """One credential's part of a run, everything the run's report says about it.
+
+    :param counts: the counters of the credential's log rows in the run, summed.
+    :param resources: how each resource's row of the run stands (``success``, ``running``, ...).
+    :param credential_status: the credential's last recorded health, ``None`` if none is recorded.
+    :param open_dead_letters: its dead letters not resolved yet (of any run).
+    :param needs_attention: those of them only a person can resolve: no usable id, or recovery
+        failed them the given number of times.
+    :param interrupted: the earlier runs' rows this run's syncs found left ``running`` by a process
+        that is gone, by resource then start.
+    """
+
+    credential: str
+    counts: RunCounts
+    resources: Mapping[str, str]
+    credential_status: str | None
+    open_dead_letters: int
+    needs_attention: int
+    interrupted: tuple[RunLog, ...]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, Index, Integer, MetaData, String, Table, Text
 
-from airflow_provider_servicetitan.client.resources import RESOURCES
+from airflow_provider_servicetitan.catalog import RESOURCES
+from airflow_provider_servicetitan.storage.models import RUN_COUNTERS
 from airflow_provider_servicetitan.storage.types import AUTOINCREMENT_ID, JSON_DOCUMENT, UtcDateTime
 
 SCHEMA_VERSION = 2
@@ -101,18 +102,7 @@ def _sync_log_table(metadata: MetaData, prefix: str) -> Table:
         Column("credential", _NAME, primary_key=True),
         Column("resource", _RESOURCE_NAME, primary_key=True),
         Column("status", String(32), nullable=False),
-        *(
-            Column(name, BigInteger, nullable=False, default=0)
-            for name in (
-                "pages",
-                "records_processed",
-                "records_successful",
-                "records_failed",
-                "records_recovered",
-                "retries",
-                "breaker_events",
-            )
-        ),
+        *(Column(name, BigInteger, nullable=False, default=0) for name in RUN_COUNTERS),
         Column("started_at", UtcDateTime, nullable=False),
         Column("finished_at", UtcDateTime, nullable=True),
         Column("message", Text, nullable=True),
@@ -155,7 +145,7 @@ def _dead_letter_table(metadata: MetaData, prefix: str) -> Table:
         Column("tenant_id", BigInteger, nullable=False),
         Column("resource", _RESOURCE_NAME, nullable=False),
         Column("record_id", Text, nullable=True),
-        # The number the record can be fetched again by (sync.records.record_number); NULL: none,
+        # The number the record can be fetched again by (storage.records.record_number); NULL: none,
         # so the letter needs a person at once.
         Column("record_number", BigInteger, nullable=True),
         # sha256 of the record id, or of the raw payload when there is no id: what makes a re-park

@@ -17,15 +17,16 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
+from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.client.client import ExportPage, ServiceTitanClient
-from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import PermissionDeniedError, RecordValidationError
 from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
 from airflow_provider_servicetitan.resilience.retry import RetryEvent
 from airflow_provider_servicetitan.storage.models import DeadLetterIn, RunStatus
+from airflow_provider_servicetitan.storage.records import ValidRecord
 from airflow_provider_servicetitan.storage.store import SyncStore
 from airflow_provider_servicetitan.sync.liveness import STALE_AFTER, close_interrupted_runs, syncing
-from airflow_provider_servicetitan.sync.records import ValidRecord, validate_record
+from airflow_provider_servicetitan.sync.records import validate_record
 from airflow_provider_servicetitan.sync.reexport import Reexport
 
 log = logging.getLogger(__name__)

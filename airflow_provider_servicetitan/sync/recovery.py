@@ -1,7 +1,7 @@
 """Re-process parked records one by one (no Airflow import).
 
 Each unresolved dead letter of a credential is re-fetched by the number its id names (``123`` or
-``"ST-123"``, see :func:`~airflow_provider_servicetitan.sync.records.record_number`) through the
+``"ST-123"``, see :func:`~airflow_provider_servicetitan.storage.records.record_number`) through the
 list endpoint (50 ids a request, ``active=Any``) and validated again on its own. A record the list
 no longer returns and whose parked payload says it was deleted is closed without storing anything:
 list endpoints never return deleted records, and deleted is its final state. Success stores the
@@ -20,12 +20,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from airflow_provider_servicetitan.catalog import Resource, get_resource
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
-from airflow_provider_servicetitan.client.resources import Resource, get_resource
 from airflow_provider_servicetitan.errors import RecordValidationError
 from airflow_provider_servicetitan.storage.models import DeadLetter
+from airflow_provider_servicetitan.storage.records import record_number
 from airflow_provider_servicetitan.storage.store import SyncStore
-from airflow_provider_servicetitan.sync.records import record_number, validate_record
+from airflow_provider_servicetitan.sync.records import validate_record
 
 log = logging.getLogger(__name__)
 

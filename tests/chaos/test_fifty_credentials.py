@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES
+from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from tests.chaos.audit import audit
 from tests.dags.test_servicetitan_sync import load_dag_module

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_servicetitan.hooks.servicetitan import redis_from_connection
+from airflow_provider_servicetitan.hooks.redis import redis_from_connection
 from airflow_provider_servicetitan.resilience.breaker import CircuitBreaker
 from airflow_provider_servicetitan.sync.engine import SyncEvents, sync_resource
 from tests.chaos.audit import audit
@@ -32,7 +32,9 @@ def test_redis_sigkilled_mid_sync_and_restarted(
     # one when Redis is back, so the next call re-checks whatever the speed of the machine.
     clock = Clock()
     breaker = client.breaker
-    client.breaker = CircuitBreaker(breaker.name, shared, config=breaker.config, namespace=key_prefix, clock=clock)
+    client.breaker = CircuitBreaker(
+        breaker.name, shared, config=breaker.config, namespace=key_prefix, clock=clock, classify=breaker.classify
+    )
 
     def restart() -> None:
         private_redis.start()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+import requests
+from requests.adapters import HTTPAdapter
 
-from airflow_provider_servicetitan.client.resources import RESOURCES
+from airflow_provider_servicetitan.catalog import RESOURCES
 from airflow_provider_servicetitan.errors import (
     CircuitBreakerOpenError,
     InvalidCredentialsError,
@@ -186,3 +188,22 @@ def test_catalogue_paths():
     with pytest.raises(ValueError, match="no export feed"):
         RESOURCES["employees"].export_path(5)
     assert {"customers", "locations", "jobs", "appointments", "invoices", "payments", "technicians"} <= set(RESOURCES)
+
+
+def pooled_connections(session: requests.Session) -> int:
+    """How many connection pools the session's adapters hold (closing a session empties them)."""
+    adapters = [adapter for adapter in session.adapters.values() if isinstance(adapter, HTTPAdapter)]
+    return sum(len(adapter.poolmanager.pools) for adapter in adapters)
+
+
+def test_leaving_the_client_closes_its_session_and_the_token_session(sandbox, make_client):
+    token_session = requests.Session()
+    client = make_client(credentials_for(sandbox), session=token_session)
+
+    with client:
+        assert client.request("GET", RESOURCES["customers"].list_path(client.tenant_id), params={"pageSize": 1})
+        assert pooled_connections(client.session) == 1
+        assert pooled_connections(token_session) == 1
+
+    assert pooled_connections(client.session) == 0
+    assert pooled_connections(token_session) == 0

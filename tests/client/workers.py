@@ -8,6 +8,7 @@ from typing import Any
 import redis
 
 from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.breaker_policy import classify_servicetitan_error
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.errors import InvalidCredentialsError
@@ -21,7 +22,11 @@ def _client(fields: dict[str, Any], redis_url: str, namespace: str) -> ServiceTi
     return ServiceTitanClient(
         TokenManager(credentials, shared, namespace=namespace),
         breaker=CircuitBreaker(
-            "workers", shared, config=BreakerConfig(failure_threshold=50, minimum_calls=1000), namespace=namespace
+            "workers",
+            shared,
+            config=BreakerConfig(failure_threshold=50, minimum_calls=1000),
+            namespace=namespace,
+            classify=classify_servicetitan_error,
         ),
         retry_policy=RetryPolicy(max_attempts=8, base_delay=0.01, max_delay=0.05, max_elapsed=30),
     )

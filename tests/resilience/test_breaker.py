@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 
+from airflow_provider_servicetitan.client.breaker_policy import classify_servicetitan_error
 from airflow_provider_servicetitan.errors import (
     AuthenticationError,
     BadRequestError,
@@ -27,19 +27,16 @@ from airflow_provider_servicetitan.errors import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitExceededError,
-    RetryExhaustedError,
-    ServiceTitanConnectionError,
     ServiceTitanServerError,
-    ServiceTitanTimeoutError,
-    ServiceUnavailableError,
 )
 from airflow_provider_servicetitan.resilience.breaker import (
     BreakerConfig,
     BreakerState,
     BreakerTransition,
+    CallOutcome,
     CircuitBreaker,
-    default_ignore,
-    default_record_failure,
+    Classifier,
+    count_every_error,
 )
 
 BREAKER_LOGGER = "airflow_provider_servicetitan.resilience.breaker"
@@ -84,10 +81,19 @@ def make_breaker(
     *,
     name: str = "api",
     transitions: list[BreakerTransition] | None = None,
+    classify: Classifier = count_every_error,
     **config: Any,
 ) -> CircuitBreaker:
     listeners = [transitions.append] if transitions is not None else []
-    return CircuitBreaker(name, client, BreakerConfig(**config), namespace=namespace, listeners=listeners, clock=clock)
+    return CircuitBreaker(
+        name,
+        client,
+        BreakerConfig(**config),
+        namespace=namespace,
+        listeners=listeners,
+        clock=clock,
+        classify=classify,
+    )
 
 
 def attempt(breaker: CircuitBreaker, fn: Callable[[], Any]) -> str:
@@ -142,8 +148,6 @@ def test_config_defaults() -> None:
     assert (config.minimum_calls, config.open_seconds, config.max_open_seconds) == (10, 30, 600)
     assert (config.open_backoff_multiplier, config.half_open_max_calls, config.probe_lease_seconds) == (2, 1, 30)
     assert config.key_ttl_seconds > config.max_open_seconds
-    assert config.record_failure is default_record_failure
-    assert config.ignore is default_ignore
 
 
 @pytest.mark.parametrize(
@@ -165,8 +169,6 @@ def test_config_defaults() -> None:
         ("probe_lease_seconds", 0),
         ("key_ttl_seconds", 600),
         ("redis_recheck_seconds", 0),
-        ("record_failure", "yes"),
-        ("ignore", None),
     ],
 )
 def test_config_rejects_invalid_values_naming_the_field(field: str, value: object) -> None:
@@ -180,42 +182,29 @@ def test_open_duration_grows_and_is_capped() -> None:
     assert config.open_duration(10_000) == 100
 
 
-def _http_error(status: int) -> requests.HTTPError:
-    response = requests.Response()
-    response.status_code = status
-    response.url = "https://api.example/jpm/v2/tenant/1/jobs"
-    return requests.HTTPError(response=response)
-
-
 @pytest.mark.parametrize(
-    ("error", "recorded", "ignored"),
+    ("error", "outcome"),
     [
-        (ServiceTitanServerError(status=500), True, False),
-        (ServiceUnavailableError(status=503), True, False),
-        (ServiceUnavailableError(status=409, title="Suspended for maintenance"), True, False),
-        (ServiceTitanTimeoutError("timed out"), True, False),
-        (ServiceTitanConnectionError("reset"), True, False),
-        (requests.Timeout(), True, False),
-        (requests.ConnectionError(), True, False),
-        (requests.exceptions.ChunkedEncodingError(), True, False),
-        (_http_error(502), True, False),
-        (RetryExhaustedError(3, ServiceTitanServerError(status=500)), True, False),
-        (BadRequestError(status=400), False, False),
-        (AuthenticationError(status=401), False, False),
-        (InvalidCredentialsError(status=401), False, False),
-        (PermissionDeniedError(status=403), False, False),
-        (NotFoundError(status=404), False, False),
-        (_http_error(404), False, False),
-        (ValueError("bug"), False, False),
-        (RateLimitExceededError(status=429), False, True),
-        (RetryExhaustedError(3, RateLimitExceededError(status=429)), False, True),
-        (CircuitBreakerOpenError("other", 5), False, True),
+        (ServiceTitanServerError(status=500), CallOutcome.FAILURE),
+        (NotFoundError(status=404), CallOutcome.FAILURE),
+        (RateLimitExceededError(status=429), CallOutcome.FAILURE),
+        (ValueError("bug"), CallOutcome.FAILURE),
+        (KeyboardInterrupt(), CallOutcome.IGNORED),
+        (SystemExit(1), CallOutcome.IGNORED),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
 )
-def test_default_classification(error: BaseException, recorded: bool, ignored: bool) -> None:
-    assert default_record_failure(error) is recorded
-    assert default_ignore(error) is ignored
+def test_default_classification_counts_every_exception_and_no_interruption(
+    error: BaseException, outcome: CallOutcome
+) -> None:
+    """The generic breaker knows no service: its creator passes a classifier to say more."""
+    assert count_every_error(error) is outcome
+    assert CircuitBreaker("api", None).classify is count_every_error
+
+
+def test_rejects_a_classifier_that_is_not_callable() -> None:
+    with pytest.raises(ValueError, match="classify"):
+        CircuitBreaker("api", None, classify="yes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["", "has space", "{tag}", "x" * 201])
@@ -314,7 +303,9 @@ def test_failure_rate_below_threshold_keeps_it_closed(
 def test_errors_that_are_not_recorded_never_open_it(
     client: redis.Redis | None, key_prefix: str, clock: Clock, error: Exception
 ) -> None:
-    breaker = make_breaker(client, key_prefix, clock, failure_threshold=1, minimum_calls=1)
+    breaker = make_breaker(
+        client, key_prefix, clock, classify=classify_servicetitan_error, failure_threshold=1, minimum_calls=1
+    )
     service = Service()
     for _ in range(5):
         with pytest.raises(type(error)):
@@ -327,7 +318,13 @@ def test_ignored_errors_count_as_nothing_and_other_errors_as_successes(
     client: redis.Redis | None, key_prefix: str, clock: Clock
 ) -> None:
     breaker = make_breaker(
-        client, key_prefix, clock, failure_threshold=100, minimum_calls=2, failure_rate_threshold=0.5
+        client,
+        key_prefix,
+        clock,
+        classify=classify_servicetitan_error,
+        failure_threshold=100,
+        minimum_calls=2,
+        failure_rate_threshold=0.5,
     )
     service = Service()
     assert attempt(breaker, service.fail) == "raised"
@@ -347,8 +344,7 @@ def test_custom_classifiers_decide_what_counts(client: redis.Redis | None, key_p
         clock,
         failure_threshold=1,
         minimum_calls=100,
-        record_failure=lambda error: isinstance(error, KeyError),
-        ignore=lambda error: False,
+        classify=lambda error: CallOutcome.FAILURE if isinstance(error, KeyError) else CallOutcome.SUCCESS,
     )
     service = Service()
     assert attempt(breaker, service.fail) == "raised"  # a 500, not a failure for this breaker
@@ -444,7 +440,9 @@ def test_half_open_admits_at_most_max_probes(client: redis.Redis | None, key_pre
 def test_ignored_or_interrupted_probe_frees_its_lease(
     client: redis.Redis | None, key_prefix: str, clock: Clock
 ) -> None:
-    breaker = make_breaker(client, key_prefix, clock, failure_threshold=1, open_seconds=30)
+    breaker = make_breaker(
+        client, key_prefix, clock, classify=classify_servicetitan_error, failure_threshold=1, open_seconds=30
+    )
     service = Service()
     attempt(breaker, service.fail)
     clock.advance(30)

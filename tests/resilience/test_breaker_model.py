@@ -35,6 +35,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from airflow_provider_servicetitan.client.breaker_policy import classify_servicetitan_error
 from airflow_provider_servicetitan.errors import (
     CircuitBreakerOpenError,
     InvalidCredentialsError,
@@ -217,6 +218,7 @@ class BreakerMachine(RuleBasedStateMachine):
             namespace=self.namespace,
             listeners=[self.seen.append],
             clock=self.clock,
+            classify=classify_servicetitan_error,
         )
         self.model = ReferenceBreaker(
             failure_threshold=config.failure_threshold,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
-from airflow_provider_servicetitan.client.resources import get_resource
 from airflow_provider_servicetitan.errors import (
     BadRequestError,
     CircuitBreakerOpenError,

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from airflow_provider_servicetitan.hooks.servicetitan import redis_from_connection
+from airflow_provider_servicetitan.hooks.redis import redis_from_connection
 from airflow_provider_servicetitan.resilience.shared_state import (
     DEFAULT_REDIS_RECHECK_SECONDS,
     FAIL_FAST_TIMEOUT_SECONDS,

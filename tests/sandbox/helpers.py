@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from airflow_provider_servicetitan.client.resources import get_resource
+from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.sandbox import SandboxServer
 
 

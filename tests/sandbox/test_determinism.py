@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES, RESOURCES
+from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES, RESOURCES
 from airflow_provider_servicetitan.sandbox import SandboxConfig, SandboxServer
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_servicetitan.client.resources import EXPORTABLE_RESOURCES
+from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES
 
 from .helpers import assert_problem
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_servicetitan.client.resources import RESOURCES
+from airflow_provider_servicetitan.catalog import RESOURCES
 
 from .helpers import assert_problem
 

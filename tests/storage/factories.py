@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_servicetitan.client.resources import get_resource
+from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.storage import Checkpoint, DeadLetter, DeadLetterIn, StoredRecord, SyncStore
-from airflow_provider_servicetitan.sync.records import ValidRecord, validate_record
+from airflow_provider_servicetitan.storage.records import ValidRecord
+from airflow_provider_servicetitan.sync.records import validate_record
 
 CREDENTIAL = "servicetitan_default"
 TENANT = 1001

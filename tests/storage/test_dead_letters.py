@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airflow_provider_servicetitan.client.resources import get_resource
+from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.errors import RecordValidationError
 from airflow_provider_servicetitan.storage import DeadLetterIn, SyncStore, raw_text
 from airflow_provider_servicetitan.sync.records import validate_record

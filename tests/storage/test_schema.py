@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.dialects.postgresql import JSONB
 
-from airflow_provider_servicetitan.client.resources import RESOURCES
+from airflow_provider_servicetitan.catalog import RESOURCES
 from airflow_provider_servicetitan.storage import SCHEMA_VERSION, SchemaVersionError, SyncStore
 from tests.storage.factories import TENANT, commit, record
 

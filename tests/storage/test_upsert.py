@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy.exc import StatementError
 
 from airflow_provider_servicetitan.storage import SyncStore
-from airflow_provider_servicetitan.sync.records import ValidRecord
+from airflow_provider_servicetitan.storage.records import ValidRecord
 from tests.storage.factories import RUN, TENANT, commit, record, stored_record
 
 

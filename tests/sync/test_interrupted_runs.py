@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import text
 
 from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.breaker_policy import classify_servicetitan_error
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.resilience.breaker import CircuitBreaker
@@ -43,7 +44,7 @@ def sync_in_child(fields: dict[str, Any], store_url: str, run_id: str) -> None:
     """A sync in a child process, waiting as long as the sandbox holds its request."""
     client = ServiceTitanClient(
         TokenManager(ServiceTitanCredentials(**fields), None),
-        breaker=CircuitBreaker("child", None),
+        breaker=CircuitBreaker("child", None, classify=classify_servicetitan_error),
         retry_policy=RetryPolicy(max_attempts=1),
         timeout=(2.0, 300.0),
     )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_servicetitan.client.resources import get_resource
+from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.errors import RecordValidationError
 from airflow_provider_servicetitan.storage import DeadLetter, SyncStore
+from airflow_provider_servicetitan.storage.records import MAX_RECORD_ID, record_number
 from airflow_provider_servicetitan.sync.engine import sync_resource
-from airflow_provider_servicetitan.sync.records import MAX_RECORD_ID, record_number, validate_record
+from airflow_provider_servicetitan.sync.records import validate_record
 from airflow_provider_servicetitan.sync.recovery import recover_dead_letters
 from airflow_provider_servicetitan.sync.reexport import Reexport
 from tests.helpers import credentials_for

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airflow_provider_servicetitan.client.resources import RESOURCES, get_resource
+from airflow_provider_servicetitan.catalog import RESOURCES, get_resource
 from airflow_provider_servicetitan.errors import RecordValidationError
-from airflow_provider_servicetitan.sync.records import MAX_RECORD_ID, ValidRecord, parse_rfc3339, validate_record
+from airflow_provider_servicetitan.storage.records import MAX_RECORD_ID, ValidRecord
+from airflow_provider_servicetitan.sync.records import parse_rfc3339, validate_record
 
 CUSTOMERS = get_resource("customers")
 GOOD: dict[str, Any] = {"id": 42, "modifiedOn": "2024-03-01T12:00:00.123Z", "name": "Ada"}

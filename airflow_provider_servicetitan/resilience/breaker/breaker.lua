@@ -1,55 +1,6 @@
-"""The Lua side of :class:`~airflow_provider_servicetitan.resilience.breaker.CircuitBreaker`.
-
-One script holds the whole state machine and is dispatched on a command name, so that every
-read-decide-write of a breaker is a single atomic script call: no interleaving of workers can
-admit a probe twice, perform a transition twice or let a stale outcome flip a newer state.
-
-Time is Redis ``TIME`` in production (never a worker's clock), or the time in ``ARGV[2]`` when
-the breaker was given a clock (tests); every deadline (open period, probe lease, window) is
-compared against that time inside the script. Key TTLs only collect garbage. Numbers sent to
-Redis or back to Python are formatted as strings: Redis would truncate Lua numbers in replies and
-round them in command arguments.
-
-Keys (all four share one hash tag, so the script also runs on Redis Cluster):
-
-* ``KEYS[1]`` state hash: ``state``, ``gen``, ``open_until``, ``reopens``, ``since``, ``seq``
-* ``KEYS[2]`` ZSET of the calls in the rolling window, scored by completion time
-* ``KEYS[3]`` ZSET of the failed calls in the rolling window (a subset of ``KEYS[2]``)
-* ``KEYS[4]`` ZSET of the probe leases, scored by lease expiry
-
-Arguments: ``ARGV[1]`` command (``acquire`` | ``record`` | ``peek`` | ``force_open`` |
-``reset``), ``ARGV[2]`` the time in seconds (empty: use Redis ``TIME``), ``ARGV[3..12]`` the
-configuration in the order of :data:`CONFIG_FIELDS`, then the command's own arguments: ``record``
-takes generation, probe id (empty when the call was not a probe) and outcome (``success`` |
-``failure`` | ``ignored``); ``force_open`` takes the seconds to stay open.
-
-Reply: ``state, generation, admitted (1|0), probe id, retry_after`` followed by five strings per
-transition performed by this call: ``from, to, reason, at, open_until`` (empty unless to open).
-"""
-
-from __future__ import annotations
-
-from typing import Final
-
-#: Configuration fields passed to the script, in ``ARGV[3..12]`` order.
-CONFIG_FIELDS: Final = (
-    "failure_threshold",
-    "window_seconds",
-    "failure_rate_threshold",
-    "minimum_calls",
-    "open_seconds",
-    "max_open_seconds",
-    "open_backoff_multiplier",
-    "half_open_max_calls",
-    "probe_lease_seconds",
-    "key_ttl_seconds",
-)
-
-#: Number of reply fields before the transitions, and per transition.
-REPLY_HEAD: Final = 5
-TRANSITION_FIELDS: Final = 5
-
-BREAKER_LUA: Final = r"""
+-- The shared state machine of a circuit breaker: one script dispatched on a command name, so
+-- that every read-decide-write of a breaker is a single atomic call. The calling protocol (keys,
+-- arguments, reply) is documented in redis_backend.py; local.py is its Python copy.
 local STATE, CALLS, FAILURES, PROBES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local command = ARGV[1]
 local failure_threshold = tonumber(ARGV[3])
@@ -205,4 +156,3 @@ for _, transition in ipairs(transitions) do
   end
 end
 return reply
-"""

@@ -1,8 +1,9 @@
 """Catalogue of the ServiceTitan resources the provider knows how to read.
 
 One entry per resource: which API module serves it, its list and export paths, its primary key
-and the field that orders its changes. The client, the sync operator and the sandbox all read
-this table, so a resource is added in exactly one place.
+and the field that orders its changes. The client, storage, the sync engine, the operators and the
+sandbox all read this table, so a resource is added in exactly one place. It sits at the bottom of
+the layers (it imports nothing of the provider) so that every layer, the sandbox included, may.
 """
 
 from __future__ import annotations

@@ -1,0 +1,185 @@
+"""A credential's whole life in one run, without Airflow: skip it, sync it, or stop for a person.
+
+The rules, in order:
+
+1. A connection whose fields are invalid needs attention (``field`` names the field): nothing is
+   called.
+2. A credential already marked ``needs_attention`` with the same secret (fingerprint) is known bad:
+   each resource gets a ``skipped`` run-log row and nothing is called, so ServiceTitan is not asked
+   again with a secret it rejected (account lock-outs). A changed secret is tried again.
+3. Each resource syncs from its checkpoint. A rejected credential stops the run and needs
+   attention; any other failure is recorded and the other resources still sync.
+4. A failed or unlicensed (skipped) resource leaves the credential ``degraded``, naming them; the
+   first failure is handed back so the caller can retry the run. Otherwise it is ``ok``, and the
+   incidents of :data:`RESOLVED_BY_A_CLEAN_SYNC` are over.
+
+The caller (the Airflow operator) maps the :class:`CredentialOutcome` to a task state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Literal, Protocol
+
+from airflow_provider_servicetitan.client.client import ServiceTitanClient
+from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
+from airflow_provider_servicetitan.errors import CredentialValidationError, InvalidCredentialsError
+from airflow_provider_servicetitan.storage.store import SyncStore
+from airflow_provider_servicetitan.sync.engine import ResourceSummary, SyncEvents, sync_resource
+from airflow_provider_servicetitan.sync.reexport import Reexport
+
+__all__ = ["RESOLVED_BY_A_CLEAN_SYNC", "ClientFactory", "CredentialOutcome", "OutcomeKind", "sync_credential"]
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["skipped_known_bad", "needs_attention", "degraded", "ok"]
+
+# Kinds of incident (alert kinds) a clean sync ends. Too many dead letters ends only when the
+# report counts fewer.
+RESOLVED_BY_A_CLEAN_SYNC: tuple[str, ...] = ("needs_attention", "retries_exhausted", "circuit_opened")
+# Resource statuses that leave the credential degraded (a ``partial`` one parked records: still ok).
+_DEGRADING = ("failed", "skipped")
+
+
+class ClientFactory(Protocol):
+    """Where the credential and its client come from (``ServiceTitanHook`` is one).
+
+    Both may raise :class:`CredentialValidationError` for a misconfigured connection.
+    """
+
+    def get_credentials(self) -> ServiceTitanCredentials: ...
+
+    def get_conn(self) -> ServiceTitanClient: ...
+
+
+@dataclass(frozen=True)
+class CredentialOutcome:
+    """How a credential's run ended.
+
+    :param kind: ``skipped_known_bad``, ``needs_attention``, ``degraded`` or ``ok``.
+    :param reason: why it was skipped, needs attention or is degraded (no secret in it).
+    :param field: the invalid connection field, when a misconfiguration is the reason.
+    :param summaries: what each resource's sync did, by resource, in sync order.
+    :param error: ``needs_attention``: the error that calls a person; ``degraded``: the first
+        failure, to raise so the run is retried (``None`` when resources were only skipped).
+    :param resolves: kinds of incident this run ended (see :data:`RESOLVED_BY_A_CLEAN_SYNC`).
+    :param tenant_id: the credential's tenant, once the client was built.
+    """
+
+    kind: OutcomeKind
+    reason: str | None = None
+    field: str | None = None
+    summaries: Mapping[str, ResourceSummary] = dataclass_field(default_factory=dict)
+    error: Exception | None = None
+    resolves: tuple[str, ...] = ()
+    tenant_id: int | None = None
+
+    def summary_dict(self) -> dict[str, dict[str, object]]:
+        """The summaries, JSON-ready: ``{resource: {status, pages, processed, ...}}``."""
+        return {name: summary.as_dict() for name, summary in self.summaries.items()}
+
+
+def sync_credential(
+    factory: ClientFactory,
+    store: SyncStore,
+    *,
+    credential: str,
+    run_id: str,
+    resources: Sequence[str],
+    reexports: Mapping[str, Reexport] | None = None,
+    include_recent_changes: bool = False,
+    events: SyncEvents | None = None,
+    on_connect: Callable[[ServiceTitanClient], None] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
+    on_resource: Callable[[ResourceSummary, float], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> CredentialOutcome:
+    """Run ``credential``'s sync of ``resources`` for ``run_id`` and record its status in ``store``.
+
+    :param factory: gives the credential (checked before anything else) and the client.
+    :param reexports: resources to re-export instead of resuming, with where from.
+    :param events: counts retries and breaker transitions (its breaker listener is added here).
+    :param on_connect: called with the client before its first call (e.g. to add breaker listeners).
+    :param on_error: told of every error a resource's sync raised (metrics).
+    :param on_resource: told of each resource's summary and how long it took (metrics).
+    :param clock: monotonic seconds, for the durations given to ``on_resource``.
+    """
+    events = events or SyncEvents()
+    try:
+        fingerprint = factory.get_credentials().secret_fingerprint
+    except CredentialValidationError as invalid:
+        return _needs_attention(store, credential, invalid, None)
+    known_bad = _known_bad_reason(store, credential, fingerprint)
+    if known_bad is not None:
+        for resource in resources:
+            store.start_run(run_id, credential, resource)
+            store.finish_run(run_id, credential, resource, "skipped", known_bad)
+        return CredentialOutcome("skipped_known_bad", reason=known_bad)
+    try:
+        client = factory.get_conn()
+    except CredentialValidationError as invalid:
+        return _needs_attention(store, credential, invalid, fingerprint)
+    client.breaker.add_listener(events.on_transition)
+    if on_connect is not None:
+        on_connect(client)
+
+    summaries: dict[str, ResourceSummary] = {}
+    first_error: Exception | None = None
+    for resource in resources:
+        started = clock()
+        try:
+            summaries[resource] = sync_resource(
+                client,
+                store,
+                credential=credential,
+                resource=resource,
+                run_id=run_id,
+                include_recent_changes=include_recent_changes,
+                events=events,
+                reexport=(reexports or {}).get(resource),
+            )
+        except InvalidCredentialsError as rejected:
+            if on_error is not None:
+                on_error(rejected)
+            return _needs_attention(store, credential, rejected, fingerprint)
+        except Exception as error:
+            if on_error is not None:
+                on_error(error)
+            log.warning("Sync of %s failed (%s); continuing with the other resources", resource, error)
+            summaries[resource] = ResourceSummary(resource, "failed", message=f"{type(error).__name__}: {error}")
+            first_error = first_error or error
+        if on_resource is not None:
+            on_resource(summaries[resource], clock() - started)
+
+    if any(summary.status in _DEGRADING for summary in summaries.values()):
+        reason = "; ".join(f"{s.resource}: {s.message}" for s in summaries.values() if s.status != "success")
+        store.set_credential_status(credential, "degraded", reason, fingerprint)
+        return CredentialOutcome(
+            "degraded", reason=reason, summaries=summaries, error=first_error, tenant_id=client.tenant_id
+        )
+    store.set_credential_status(credential, "ok", None, fingerprint)
+    return CredentialOutcome("ok", summaries=summaries, resolves=RESOLVED_BY_A_CLEAN_SYNC, tenant_id=client.tenant_id)
+
+
+def _known_bad_reason(store: SyncStore, credential: str, fingerprint: str) -> str | None:
+    """Why the credential is skipped: it needs attention and its secret has not changed since."""
+    status = store.get_credential_status(credential)
+    if status is None or status.status != "needs_attention" or status.secret_fingerprint != fingerprint:
+        return None
+    return f"credential needs attention since {status.since:%Y-%m-%d %H:%M} UTC: {status.reason}"
+
+
+def _needs_attention(
+    store: SyncStore,
+    credential: str,
+    error: CredentialValidationError | InvalidCredentialsError,
+    fingerprint: str | None,
+) -> CredentialOutcome:
+    reason = str(error)
+    store.set_credential_status(credential, "needs_attention", reason, fingerprint)
+    field_name = error.field if isinstance(error, CredentialValidationError) else None
+    return CredentialOutcome("needs_attention", reason=reason, field=field_name, error=error)

@@ -1,0 +1,124 @@
+"""redis_from_connection: an Airflow Redis connection means what it means to RedisHook, plus the URI path's db."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+import redis
+
+from airflow_provider_servicetitan.hooks.redis import redis_from_connection
+from airflow_provider_servicetitan.resilience.shared_state import fail_fast_client
+from tests.helpers import set_connection
+
+# Databases the tests below write to (the suite itself uses db 5); only keys under the test's prefix.
+URI_DB = 8
+FORM_DB = 7
+
+
+@pytest.fixture
+def redis_address(redis_url: str) -> tuple[str, int]:
+    parsed = urlparse(redis_url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+
+@pytest.fixture
+def database(redis_address: tuple[str, int], key_prefix: str) -> Iterator[dict[int, redis.Redis]]:
+    """Plain clients on the test databases, by number; the test's keys are deleted from each afterwards."""
+    host, port = redis_address
+    clients = {db: redis.Redis(host=host, port=port, db=db) for db in (URI_DB, FORM_DB)}
+    yield clients
+    for client in clients.values():
+        keys = list(client.scan_iter(match=f"{key_prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def written_to(client: redis.Redis, key: str, databases: dict[int, redis.Redis]) -> list[int]:
+    """The test databases in which a key written through ``client`` landed."""
+    client.set(key, b"here")
+    client.close()
+    return [db for db, plain in databases.items() if plain.get(key) == b"here"]
+
+
+def test_the_database_of_a_uri_path_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+    redis_address: tuple[str, int],
+    key_prefix: str,
+    database: dict[int, redis.Redis],
+) -> None:
+    host, port = redis_address
+    monkeypatch.setenv("AIRFLOW_CONN_ST_URI_REDIS", f"redis://{host}:{port}/{URI_DB}")
+
+    client = redis_from_connection("st_uri_redis")
+
+    assert written_to(client, f"{key_prefix}:uri", database) == [URI_DB]
+
+
+def test_a_db_in_the_extra_wins_over_the_uri_path(
+    monkeypatch: pytest.MonkeyPatch,
+    redis_address: tuple[str, int],
+    key_prefix: str,
+    database: dict[int, redis.Redis],
+) -> None:
+    host, port = redis_address
+    monkeypatch.setenv("AIRFLOW_CONN_ST_URI_REDIS", f"redis://{host}:{port}/{URI_DB}?db={FORM_DB}")
+
+    client = redis_from_connection("st_uri_redis")
+
+    assert written_to(client, f"{key_prefix}:both", database) == [FORM_DB]
+
+
+def test_the_fields_of_the_connection_form_are_used(
+    monkeypatch: pytest.MonkeyPatch,
+    redis_address: tuple[str, int],
+    key_prefix: str,
+    database: dict[int, redis.Redis],
+) -> None:
+    host, port = redis_address
+    set_connection(monkeypatch, "st_form_redis", conn_type="redis", host=host, port=port, extra={"db": FORM_DB})
+
+    client = redis_from_connection("st_form_redis")
+
+    assert fail_fast_client(client) is client
+    assert written_to(client, f"{key_prefix}:form", database) == [FORM_DB]
+
+
+def test_tls_settings_reach_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = {
+        "ssl": True,
+        "ssl_cert_reqs": "none",
+        "ssl_ca_certs": "/etc/redis/ca.pem",
+        "ssl_certfile": "/etc/redis/client.pem",
+        "ssl_keyfile": "/etc/redis/client.key",
+        "ssl_check_hostname": False,
+    }
+    set_connection(monkeypatch, "st_tls_redis", conn_type="redis", host="redis.example", port=6380, extra=tls)
+
+    client = redis_from_connection("st_tls_redis")
+
+    pool = client.connection_pool
+    assert pool.connection_class is redis.SSLConnection
+    settings = pool.connection_kwargs
+    assert (settings["host"], settings["port"]) == ("redis.example", 6380)
+    assert {name: settings[name] for name in tls if name != "ssl"} == {
+        name: value for name, value in tls.items() if name != "ssl"
+    }
+    assert fail_fast_client(client) is client  # TLS and fail-fast settings together, nothing connected yet
+
+
+def test_a_connection_without_host_or_port_means_the_local_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "st_bare_redis", conn_type="redis")
+
+    settings = redis_from_connection("st_bare_redis").connection_pool.connection_kwargs
+
+    assert (settings["host"], settings["port"], settings["db"]) == ("127.0.0.1", 6379, None)
+
+
+def test_a_cluster_connection_is_refused_with_what_to_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "st_cluster_redis", conn_type="redis", host="127.0.0.1", extra={"cluster": True})
+
+    with pytest.raises(ValueError, match=r"'st_cluster_redis' is a Redis Cluster.*remove \"cluster\""):
+        redis_from_connection("st_cluster_redis")

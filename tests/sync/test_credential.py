@@ -1,0 +1,271 @@
+"""A credential's life without Airflow: every transition of ``sync_credential`` against a real SQLite
+store, and the sandbox where ServiceTitan must answer."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_servicetitan.client.client import ServiceTitanClient
+from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
+from airflow_provider_servicetitan.errors import (
+    CredentialValidationError,
+    InvalidCredentialsError,
+    RetryExhaustedError,
+)
+from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
+from airflow_provider_servicetitan.notifications.alerts import AlertKind
+from airflow_provider_servicetitan.resilience.breaker import BreakerConfig
+from airflow_provider_servicetitan.resilience.retry import RetryPolicy
+from airflow_provider_servicetitan.storage.store import SyncStore
+from airflow_provider_servicetitan.sync.credential import (
+    RESOLVED_BY_A_CLEAN_SYNC,
+    CredentialOutcome,
+    sync_credential,
+)
+from airflow_provider_servicetitan.sync.engine import ResourceSummary, SyncEvents
+from tests.helpers import credentials_for, set_connection
+
+CRED = "st_acme"
+RESOURCES = ["customers", "jobs", "invoices"]
+# Gives up fast: a failing resource costs three quick attempts.
+FAST_RETRIES = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002, max_elapsed=5)
+
+
+class Factory:
+    """Gives the credential and builds its client from plain values, as the hook does from a connection."""
+
+    def __init__(
+        self,
+        credentials: Callable[[], ServiceTitanCredentials],
+        make_client: Callable[..., ServiceTitanClient] | None = None,
+        **client_args: object,
+    ) -> None:
+        self._credentials = credentials
+        self._make_client = make_client
+        self._client_args = client_args
+        self.connects = 0
+
+    def get_credentials(self) -> ServiceTitanCredentials:
+        return self._credentials()
+
+    def get_conn(self) -> ServiceTitanClient:
+        self.connects += 1
+        assert self._make_client is not None, "this case must not build a client"
+        return self._make_client(self._credentials(), **self._client_args)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SyncStore]:
+    with SyncStore(f"sqlite:///{tmp_path / 'store.db'}") as sqlite_store:
+        sqlite_store.create_tables()
+        yield sqlite_store
+
+
+def offline_credentials(**changes: object) -> Callable[[], ServiceTitanCredentials]:
+    """Credentials pointing nowhere (nothing may be called), built from connection-like fields."""
+    fields: dict[str, object] = {
+        "client_id": "cid.acme",
+        "client_secret": "cs1.acme-secret",
+        "app_key": "ak1.acme-key",
+        "tenant_id": "1001",
+        "auth_url": "http://127.0.0.1:9/connect/token",
+        "api_url": "http://127.0.0.1:9",
+        **changes,
+    }
+    return lambda: ServiceTitanCredentials.from_fields(**fields, conn_id=CRED)
+
+
+def run(factory: Factory, store: SyncStore, run_id: str = "run-1", **kwargs: object) -> CredentialOutcome:
+    return sync_credential(factory, store, credential=CRED, run_id=run_id, resources=RESOURCES, **kwargs)
+
+
+def run_log(store: SyncStore, run_id: str) -> dict[str, str]:
+    return {row.resource: row.status for row in store.get_run_log(run_id)}
+
+
+def test_the_incidents_a_clean_sync_resolves_are_alert_kinds() -> None:
+    assert {AlertKind(kind) for kind in RESOLVED_BY_A_CLEAN_SYNC} == {
+        AlertKind.NEEDS_ATTENTION,
+        AlertKind.RETRIES_EXHAUSTED,
+        AlertKind.CIRCUIT_OPENED,
+    }
+
+
+def test_an_invalid_field_needs_attention_by_name_and_calls_nothing(store: SyncStore) -> None:
+    factory = Factory(offline_credentials(app_key="ak1.abc\r\nX-Injected: 1"))
+
+    outcome = run(factory, store)
+
+    assert (outcome.kind, outcome.field) == ("needs_attention", "app_key")
+    assert isinstance(outcome.error, CredentialValidationError)
+    assert outcome.resolves == ()
+    assert "abc" not in (outcome.reason or "")
+    assert factory.connects == 0
+    status = store.get_credential_status(CRED)
+    assert status is not None
+    assert (status.status, status.reason, status.secret_fingerprint) == ("needs_attention", outcome.reason, None)
+    assert run_log(store, "run-1") == {}
+
+
+def test_an_invalid_client_setting_needs_attention_by_name(store: SyncStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook is a factory too; its settings are checked when it builds the client."""
+    set_connection(
+        monkeypatch,
+        CRED,
+        conn_type="servicetitan",
+        login="cid.acme",
+        password="cs1.acme-secret",
+        extra={"app_key": "ak1.acme-key", "tenant_id": "1001", "breaker": {"failure_threshold": -1}},
+    )
+    hook = ServiceTitanHook(CRED, None)
+
+    outcome = run(hook, store)
+
+    assert (outcome.kind, outcome.field) == ("needs_attention", "extra.breaker")
+    status = store.get_credential_status(CRED)
+    assert status is not None
+    assert (status.status, status.secret_fingerprint) == ("needs_attention", hook.get_credentials().secret_fingerprint)
+
+
+def test_a_known_bad_secret_is_skipped_with_a_log_row_per_resource(store: SyncStore) -> None:
+    credentials = offline_credentials()
+    store.set_credential_status(CRED, "needs_attention", "rejected", credentials().secret_fingerprint)
+    factory = Factory(credentials)
+
+    outcome = run(factory, store, "run-2")
+
+    assert outcome.kind == "skipped_known_bad"
+    assert outcome.reason is not None
+    assert outcome.reason.startswith("credential needs attention since ")
+    assert outcome.reason.endswith(" UTC: rejected")
+    assert (outcome.error, outcome.summaries, outcome.resolves) == (None, {}, ())
+    assert factory.connects == 0
+    assert run_log(store, "run-2") == dict.fromkeys(RESOURCES, "skipped")
+    assert {row.message for row in store.get_run_log("run-2")} == {outcome.reason}
+    status = store.get_credential_status(CRED)
+    assert status is not None
+    assert status.status == "needs_attention"
+
+
+def test_a_clean_sync_is_ok_and_resolves_the_credential_incidents(start_sandbox, make_client, store) -> None:
+    sandbox = start_sandbox(records=30)
+    credentials = credentials_for(sandbox)
+    # A secret that changed since it was rejected is tried again.
+    store.set_credential_status(CRED, "needs_attention", "rejected", "fingerprint-of-the-old-secret")
+    connected: list[ServiceTitanClient] = []
+    timed: list[tuple[str, str, float]] = []
+
+    outcome = run(
+        Factory(lambda: credentials, make_client),
+        store,
+        on_connect=connected.append,
+        on_resource=lambda summary, seconds: timed.append((summary.resource, summary.status, seconds)),
+        clock=itertools.count().__next__,
+    )
+
+    assert outcome.kind == "ok"
+    assert (outcome.reason, outcome.error) == (None, None)
+    assert outcome.resolves == RESOLVED_BY_A_CLEAN_SYNC
+    assert outcome.tenant_id == credentials.tenant_id
+    assert list(outcome.summaries) == RESOURCES
+    assert outcome.degraded_resources == []
+    assert {summary.status for summary in outcome.summaries.values()} == {"success"}
+    assert outcome.summary_dict()["jobs"] == outcome.summaries["jobs"].as_dict()
+    assert timed == [(resource, "success", 1) for resource in RESOURCES]
+    assert [client.tenant_id for client in connected] == [credentials.tenant_id]
+    status = store.get_credential_status(CRED)
+    assert status is not None
+    assert (status.status, status.reason, status.secret_fingerprint) == ("ok", None, credentials.secret_fingerprint)
+    assert run_log(store, "run-1") == dict.fromkeys(RESOURCES, "success")
+
+
+def test_an_unlicensed_module_leaves_the_credential_degraded_without_an_error(
+    start_sandbox, make_client, store
+) -> None:
+    sandbox = start_sandbox(records=30, unlicensed_modules={1001: ["accounting"]})
+    credentials = credentials_for(sandbox)
+    assert credentials.tenant_id == 1001
+
+    outcome = run(Factory(lambda: credentials, make_client), store)
+
+    assert outcome.kind == "degraded"
+    assert outcome.degraded_resources == ["invoices"]
+    assert outcome.error is None
+    assert outcome.resolves == ()
+    assert outcome.reason is not None
+    assert outcome.reason.startswith("invoices: not licensed")
+    status = store.get_credential_status(CRED)
+    assert status is not None
+    assert (status.status, status.reason) == ("degraded", outcome.reason)
+    assert run_log(store, "run-1") == {"customers": "success", "jobs": "success", "invoices": "skipped"}
+
+
+def test_failures_leave_it_degraded_and_hand_back_the_first_error(start_sandbox, make_client, store) -> None:
+    sandbox = start_sandbox(records=30)
+    credentials = credentials_for(sandbox)
+    sandbox.admin.set_faults(error_rate=1.0)
+    errors: list[Exception] = []
+    summaries: list[ResourceSummary] = []
+    events = SyncEvents()
+    # A breaker that opens on the first failures: its transitions reach the run's events.
+    opens_at_once = BreakerConfig(failure_threshold=2, minimum_calls=2)
+
+    outcome = run(
+        Factory(lambda: credentials, make_client, retry_policy=FAST_RETRIES, breaker_config=opens_at_once),
+        store,
+        events=events,
+        on_error=errors.append,
+        on_resource=lambda summary, _seconds: summaries.append(summary),
+    )
+
+    assert outcome.kind == "degraded"
+    assert outcome.degraded_resources == RESOURCES
+    assert isinstance(outcome.error, RetryExhaustedError)
+    assert outcome.error is errors[0]
+    assert len(errors) == len(RESOURCES)
+    assert [summary.status for summary in summaries] == ["failed"] * len(RESOURCES)
+    assert outcome.resolves == ()
+    assert events.breaker_events >= 1
+    assert run_log(store, "run-1") == dict.fromkeys(RESOURCES, "failed")
+    assert all(store.get_checkpoint(CRED, resource) is None for resource in RESOURCES)
+    status = store.get_credential_status(CRED)
+    assert status is not None
+    assert status.status == "degraded"
+    assert all(f"{resource}: RetryExhaustedError" in (status.reason or "") for resource in RESOURCES)
+
+
+def test_a_rejected_secret_needs_attention_is_skipped_after_and_tried_again_once_changed(
+    start_sandbox, make_client, store
+) -> None:
+    sandbox = start_sandbox(records=30)
+    wrong = credentials_for(sandbox, client_secret="cs1.wrong-secret")
+    errors: list[Exception] = []
+
+    rejected = run(Factory(lambda: wrong, make_client), store, "run-1", on_error=errors.append)
+
+    assert (rejected.kind, rejected.field) == ("needs_attention", None)
+    assert isinstance(rejected.error, InvalidCredentialsError)
+    assert errors == [rejected.error]
+    assert "cs1.wrong-secret" not in (rejected.reason or "")
+    # The sync stopped at the first resource: nobody asks ServiceTitan again with that secret.
+    assert run_log(store, "run-1") == {"customers": "failed"}
+    status = store.get_credential_status(CRED)
+    assert status is not None
+    assert (status.status, status.secret_fingerprint) == ("needs_attention", wrong.secret_fingerprint)
+    tokens = sandbox.admin.stats()["token_requests_total"]
+
+    again = Factory(lambda: wrong, make_client)
+    skipped = run(again, store, "run-2")
+
+    assert skipped.kind == "skipped_known_bad"
+    assert again.connects == 0
+    assert sandbox.admin.stats()["token_requests_total"] == tokens
+
+    fixed = run(Factory(lambda: credentials_for(sandbox), make_client), store, "run-3")
+
+    assert (fixed.kind, fixed.resolves) == ("ok", RESOLVED_BY_A_CLEAN_SYNC)
+    assert run_log(store, "run-3") == dict.fromkeys(RESOURCES, "success")
