@@ -78,6 +78,11 @@ class CredentialOutcome:
     resolves: tuple[str, ...] = ()
     tenant_id: int | None = None
 
+    @property
+    def degraded_resources(self) -> list[str]:
+        """The resources that failed or were skipped."""
+        return [name for name, summary in self.summaries.items() if summary.status in _DEGRADING]
+
     def summary_dict(self) -> dict[str, dict[str, object]]:
         """The summaries, JSON-ready: ``{resource: {status, pages, processed, ...}}``."""
         return {name: summary.as_dict() for name, summary in self.summaries.items()}
