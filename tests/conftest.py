@@ -38,6 +38,7 @@ from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.sandbox import SandboxConfig, SandboxServer
 from airflow_provider_servicetitan.storage import SyncStore
 from tests.helpers import set_connection
+from tests.redis_outage import SwitchableProxy, default_client
 
 REDIS_URL = os.environ.get("SERVICETITAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 
@@ -205,3 +206,18 @@ def redis_connection(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> str:
         extra={"db": int(parsed.path.strip("/") or 0)},
     )
     return "st_test_redis"
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[SwitchableProxy]:
+    """A switchable TCP proxy in front of the test Redis (switch it off for an outage)."""
+    with SwitchableProxy.to_redis(redis_url) as switchable:
+        yield switchable
+
+
+@pytest.fixture
+def caller_client(proxy: SwitchableProxy, redis_url: str) -> Iterator[redis.Redis]:
+    """A client through ``proxy`` as a caller may build it: redis-py's defaults, retries included."""
+    client = default_client(proxy.port, redis_url)
+    yield client
+    client.close()

@@ -5,7 +5,6 @@ outage, one "answers again"; tokens keep coming from the sandbox meanwhile."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -14,23 +13,9 @@ from airflow_provider_servicetitan.client.auth import TokenManager
 from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
 from airflow_provider_servicetitan.sandbox import SandboxServer
 from tests.helpers import credentials_for
-from tests.resilience.test_breaker_fallback import SwitchableProxy, default_client
-from tests.resilience.test_shared_state import FakeClock
+from tests.redis_outage import FakeClock, SwitchableProxy
 
 AUTH_LOGGER = "airflow_provider_servicetitan.client.auth"
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[SwitchableProxy]:
-    with SwitchableProxy.to_redis(redis_url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def caller_client(proxy: SwitchableProxy, redis_url: str) -> Iterator[redis.Redis]:
-    client = default_client(proxy.port, redis_url)
-    yield client
-    client.close()
 
 
 def token_requests(sandbox: SandboxServer) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -13,8 +13,7 @@ from redis.retry import Retry
 
 from airflow_provider_servicetitan.notifications.dedup import AlertDeduplicator
 from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
-from tests.resilience.test_breaker_fallback import SwitchableProxy, default_client
-from tests.resilience.test_shared_state import FakeClock
+from tests.redis_outage import FakeClock, SwitchableProxy, default_client
 
 from .servers import closed_port
 
@@ -163,12 +162,6 @@ def test_unreachable_redis_warns_once_and_deduplicates_in_process(caplog) -> Non
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "Redis unreachable" in warnings[0]
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[SwitchableProxy]:
-    with SwitchableProxy.to_redis(redis_url) as proxy:
-        yield proxy
 
 
 def test_a_redis_outage_costs_one_connection_per_recheck_interval_whatever_the_client(

@@ -23,36 +23,9 @@ from airflow_provider_servicetitan.resilience.shared_state import (
     fail_fast_client,
 )
 from tests.helpers import set_connection
-
-from .test_breaker_fallback import SwitchableProxy, default_client, redis_db
+from tests.redis_outage import FakeClock, SwitchableProxy, redis_db
 
 LOGGER = "tests.shared_state"
-
-
-class FakeClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[SwitchableProxy]:
-    with SwitchableProxy.to_redis(redis_url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def caller_client(proxy: SwitchableProxy, redis_url: str) -> Iterator[redis.Redis]:
-    client = default_client(proxy.port, redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture
