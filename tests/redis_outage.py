@@ -1,5 +1,5 @@
 """Test helpers for Redis outages: a TCP proxy that can be switched off, clients built the way callers
-build them, and a clock that moves only when a test says so. The fixtures ``proxy`` and
+build them. The fixtures ``proxy`` and
 ``caller_client`` (tests/conftest.py) are built on them."""
 
 from __future__ import annotations
@@ -105,16 +105,3 @@ def default_client(port: int, redis_url: str) -> redis.Redis:
     """A client as a caller may well build it: redis-py's defaults (5 s timeouts; redis-py 6+
     retries 10 times with exponential backoff), to 127.0.0.1:``port`` and the test database."""
     return redis.Redis(host="127.0.0.1", port=port, db=redis_db(redis_url))
-
-
-class FakeClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds

@@ -12,17 +12,9 @@ import redis
 from airflow_provider_servicetitan.client.auth import TokenManager, token_cache_key, token_fingerprint
 from airflow_provider_servicetitan.errors import InvalidCredentialsError, TokenRefreshError
 from tests.client import workers
-from tests.helpers import credentials_for
+from tests.helpers import FakeClock, credentials_for
 
 CTX = multiprocessing.get_context("spawn")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def token_requests(sandbox) -> int:

@@ -12,8 +12,8 @@ import redis
 from airflow_provider_servicetitan.client.auth import TokenManager
 from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
 from airflow_provider_servicetitan.sandbox import SandboxServer
-from tests.helpers import credentials_for
-from tests.redis_outage import FakeClock, SwitchableProxy
+from tests.helpers import FakeClock, credentials_for
+from tests.redis_outage import SwitchableProxy
 
 AUTH_LOGGER = "airflow_provider_servicetitan.client.auth"
 

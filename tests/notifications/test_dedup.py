@@ -13,7 +13,8 @@ from redis.retry import Retry
 
 from airflow_provider_servicetitan.notifications.dedup import AlertDeduplicator
 from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
-from tests.redis_outage import FakeClock, SwitchableProxy, default_client
+from tests.helpers import FakeClock
+from tests.redis_outage import SwitchableProxy, default_client
 
 from .servers import closed_port
 

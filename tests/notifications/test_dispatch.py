@@ -14,6 +14,7 @@ from airflow_provider_servicetitan.notifications.alerts import Alert, AlertKind
 from airflow_provider_servicetitan.notifications.classify import dead_letter_alert, resolved_alert
 from airflow_provider_servicetitan.notifications.dedup import AlertDeduplicator
 from airflow_provider_servicetitan.notifications.dispatch import dispatch
+from tests.helpers import FakeClock
 
 DISPATCH_LOGGER = "airflow_provider_servicetitan.notifications.dispatch"
 CRED = "servicetitan_acme"
@@ -45,23 +46,13 @@ class Unreachable:
         raise ConnectionError("connection refused")
 
 
-class Clock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def dedup(clock: Clock) -> AlertDeduplicator:
+def dedup(clock: FakeClock) -> AlertDeduplicator:
     """In-process deduplication: no Redis configured."""
     return AlertDeduplicator(None, window_seconds=WINDOW, clock=clock)
 
@@ -74,7 +65,7 @@ def all_clear() -> Alert:
     return resolved_alert(CRED, AlertKind.DEAD_LETTERS_OVER_THRESHOLD)
 
 
-def test_an_incident_alerts_once_per_window(dedup: AlertDeduplicator, clock: Clock) -> None:
+def test_an_incident_alerts_once_per_window(dedup: AlertDeduplicator, clock: FakeClock) -> None:
     inbox = Inbox()
 
     sent = [dispatch(too_many_failed_records(), dedup=dedup, channels=[inbox]) for _ in range(3)]

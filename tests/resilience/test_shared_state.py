@@ -22,8 +22,8 @@ from airflow_provider_servicetitan.resilience.shared_state import (
     SharedRedis,
     fail_fast_client,
 )
-from tests.helpers import set_connection
-from tests.redis_outage import FakeClock, SwitchableProxy, redis_db
+from tests.helpers import FakeClock, set_connection
+from tests.redis_outage import SwitchableProxy, redis_db
 
 LOGGER = "tests.shared_state"
 
