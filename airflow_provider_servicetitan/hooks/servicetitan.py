@@ -107,7 +107,11 @@ class ServiceTitanHook(BaseHook):
         return extra
 
     def get_credentials(self) -> ServiceTitanCredentials:
-        """Read and validate the connection's credential, then mask its secrets in every log."""
+        """Read and validate the connection's credential (once per hook), then mask its secrets in every log."""
+        return self._credentials
+
+    @cached_property
+    def _credentials(self) -> ServiceTitanCredentials:
         conn = self._connection
         extra = self._extra
 

@@ -4,7 +4,7 @@ The token lives in a hash ``{"ct": Fernet ciphertext, "fp": token fingerprint}``
 derived from environment, token URL, tenant, client id and a keyed fingerprint of the client
 secret and app key (never the secrets themselves), expiring a safety margin before the token does.
 Next to it live the renewal lock (``<key>:lock``, one renewer at a time across processes) and the
-rejection marker (``<key>:rejected``: a one-way fingerprint of a secret the token endpoint refused).
+rejection marker (``<key>:rejected``: the secret of that fingerprint was refused by the token endpoint).
 
 Redis is used through :class:`SharedRedis`: while it is unreachable every method answers as if
 the cache were empty (and :meth:`SharedTokenCache.try_lock` says so), one warning is logged per
@@ -94,7 +94,6 @@ class SharedTokenCache:
         redis_recheck_seconds: float = DEFAULT_REDIS_RECHECK_SECONDS,
         clock: Callable[[], float],
     ) -> None:
-        self.credentials = credentials
         self._redis = SharedRedis(
             redis_client,
             f"token cache of tenant {credentials.tenant_id}",
@@ -170,14 +169,13 @@ class SharedTokenCache:
 
     def mark_rejected(self) -> None:
         """Remember, for every worker, that the token endpoint refused this secret."""
-        self._shared(
-            lambda client: client.set(self._rejected_key, self.credentials.secret_fingerprint, px=self._rejection_ms)
-        )
+        self._shared(lambda client: client.set(self._rejected_key, 1, px=self._rejection_ms))
 
     def rejected(self) -> bool:
-        """Whether a worker found this very secret refused within the rejection period."""
-        marker = self._shared(lambda client: client.get(self._rejected_key))
-        return isinstance(marker, bytes) and marker.decode() == self.credentials.secret_fingerprint
+        """Whether a worker found this very secret refused within the rejection period (the key
+        carries the secret's fingerprint, so another secret has another marker)."""
+        found = self._shared(lambda client: client.exists(self._rejected_key))
+        return found is not _REDIS_DOWN and bool(found)
 
     def _shared(self, operation: Callable[[redis.Redis], Any]) -> Any:
         """Run a Redis operation, or return ``_REDIS_DOWN`` without Redis, during an outage (see
