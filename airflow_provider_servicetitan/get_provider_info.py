@@ -7,6 +7,10 @@ from typing import Any
 from airflow_provider_servicetitan import __version__
 
 CONNECTION_TYPE = "servicetitan"
+# The provider's Airflow config section (read by hooks.settings) and the defaults of its options.
+CONFIG_SECTION = "servicetitan"
+DEFAULT_REDIS_CONN_ID = "redis_default"
+DEFAULT_REDIS_NAMESPACE = "servicetitan"
 
 
 def _text(label: str, description: str, *, secret: bool = False, **schema: Any) -> dict[str, Any]:
@@ -17,7 +21,7 @@ def _text(label: str, description: str, *, secret: bool = False, **schema: Any) 
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe the provider: its hook, connection type and the connection form fields."""
+    """Describe the provider: its hook, connection type, the connection form fields and its config."""
     return {
         "package-name": "airflow-provider-servicetitan",
         "name": "ServiceTitan",
@@ -36,6 +40,43 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_servicetitan.hooks.servicetitan"],
             }
         ],
+        "triggers": [
+            {
+                "integration-name": "ServiceTitan",
+                "python-modules": ["airflow_provider_servicetitan.triggers.breaker"],
+            }
+        ],
+        "config": {
+            CONFIG_SECTION: {
+                "description": (
+                    "Shared state of the ServiceTitan provider: the hook, the connection form's Test button, "
+                    "the operators and the alert notifier use these where they are not given explicitly, "
+                    "so all of them see the same tokens, circuit breakers and alert deduplication."
+                ),
+                "options": {
+                    "redis_conn_id": {
+                        "description": (
+                            "Airflow Redis connection holding the shared tokens, circuit breakers and alert "
+                            "deduplication of every worker. Empty: each process keeps its own state."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "redis_default",
+                        "default": DEFAULT_REDIS_CONN_ID,
+                    },
+                    "redis_namespace": {
+                        "description": (
+                            "Prefix of every Redis key of the provider (letters, digits and _.:/@-, at most "
+                            "200). Deployments sharing one Redis keep their state apart with different ones."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "servicetitan_prod",
+                        "default": DEFAULT_REDIS_NAMESPACE,
+                    },
+                },
+            }
+        },
         "notifications": ["airflow_provider_servicetitan.notifications.notifier.ServiceTitanAlertNotifier"],
         "connection-types": [
             {

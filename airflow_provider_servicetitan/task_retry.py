@@ -39,11 +39,21 @@ from airflow_provider_servicetitan.errors import (
 if TYPE_CHECKING:
     from airflow.sdk.definitions.context import Context
 
-__all__ = ["ServiceTitanRetryPolicy"]
+__all__ = ["ServiceTitanRetryPolicy", "started_by_clear"]
 
 _RNG = random.Random()  # noqa: S311 - jitter, not cryptography
 
 _TYPE = f"{__name__}.ServiceTitanRetryPolicy"
+
+
+def started_by_clear(try_number: int, max_tries: int, retries: int) -> bool:
+    """Whether the try ``try_number`` was started by a person clearing the task, not by a retry.
+
+    Airflow's Clear sets ``max_tries`` to the last try number plus the task's ``retries``, so the
+    try after a Clear has ``retries`` tries left after it, like the first try of a run; an automatic
+    retry has fewer. (A first try is not a Clear: nothing was tried before it.)
+    """
+    return try_number > 1 and max_tries - try_number == retries - 1
 
 
 def _check_delay(value: object, name: str) -> None:

@@ -1,14 +1,24 @@
 """The ``servicetitan_sync`` DAG: sync every ServiceTitan credential, recover, report.
 
+Each credential is a mapped task group ``credential`` named by its connection id: ``sync`` then
+``recover``, so one credential's recovery follows its own sync only. ``report`` sees every
+credential; ``all_credentials_synced`` is the run's verdict: the run fails when a credential's sync
+(or recovery) failed, after the report and recoveries ran. A credential skipped as known bad shows
+as skipped. Clearing a failed ``sync`` with its downstream tasks (the UI's default) re-runs that
+credential's recovery, the report and the verdict.
+
 Copy this file into your DAGs folder (or point a DAG bundle at it). Settings, read when the file is
 parsed, come from environment variables so that no Variable is read at parse time:
 
 - ``SERVICETITAN_SYNC_SCHEDULE``: cron or preset, ``@hourly`` by default;
 - ``SERVICETITAN_WAREHOUSE_CONN_ID``: where data goes, ``servicetitan_warehouse`` by default;
-- ``SERVICETITAN_REDIS_CONN_ID``: shared tokens, breakers and alert dedup, ``redis_default``;
-- ``SERVICETITAN_REDIS_NAMESPACE`` / ``SERVICETITAN_TABLE_PREFIX``: key and table prefixes (``servicetitan``);
+- ``SERVICETITAN_TABLE_PREFIX``: the warehouse table prefix (``servicetitan``);
 - ``SERVICETITAN_ALERT_WEBHOOK_CONN_ID`` / ``SERVICETITAN_ALERT_EMAIL``: alert channels (optional);
 - ``SERVICETITAN_DEAD_LETTER_THRESHOLD``: parked records per credential that call a person (50).
+
+The shared Redis (tokens, breakers, alert deduplication) and its key prefix are the provider's
+``[servicetitan] redis_conn_id`` / ``redis_namespace`` settings, the same for this DAG, the hook and
+the connection's Test button.
 
 The credentials to sync are the connection ids in the Airflow Variable
 ``servicetitan_connections`` (a JSON list), read at run time, or the ``connections`` param given
@@ -27,7 +37,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from airflow.sdk import DAG, Param, Variable, task
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Param, Variable, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES
@@ -40,18 +51,15 @@ from airflow_provider_servicetitan.task_retry import ServiceTitanRetryPolicy
 
 CONNECTIONS_VARIABLE = "servicetitan_connections"
 WAREHOUSE_CONN_ID = os.environ.get("SERVICETITAN_WAREHOUSE_CONN_ID", "servicetitan_warehouse")
-REDIS_CONN_ID = os.environ.get("SERVICETITAN_REDIS_CONN_ID", "redis_default")
-REDIS_NAMESPACE = os.environ.get("SERVICETITAN_REDIS_NAMESPACE", "servicetitan")
 TABLE_PREFIX = os.environ.get("SERVICETITAN_TABLE_PREFIX", "servicetitan")
 MAX_RECOVERY_ATTEMPTS = 3
 # Rendered per mapped sync task: the re-export applies only to the credential the param names.
 _IF_REEXPORTED_HERE = "if params.reexport_connection == task.servicetitan_conn_id else ''"
+CREDENTIAL_GROUP = "credential"
 
 alerts = ServiceTitanAlertNotifier(
     webhook_conn_id=os.environ.get("SERVICETITAN_ALERT_WEBHOOK_CONN_ID") or None,
     email_to=os.environ.get("SERVICETITAN_ALERT_EMAIL") or None,
-    redis_conn_id=REDIS_CONN_ID,
-    namespace=REDIS_NAMESPACE,
 )
 
 with DAG(
@@ -87,6 +95,14 @@ with DAG(
             items={"type": "string", "enum": list(EXPORTABLE_RESOURCES)},
             description="The resources of that connection to re-export; its other resources sync as usual",
         ),
+        "probe_now": Param(
+            False,
+            type="boolean",
+            description=(
+                "Ask each credential's circuit breaker for one probe at once, whatever its remaining open time "
+                "(a Clear of a sync task does this by itself)"
+            ),
+        ),
     },
     # The run's own tasks (list, report) retry like a credential's; the mapped ones get theirs from partial().
     default_args=CREDENTIAL_TASK_DEFAULTS,
@@ -118,28 +134,38 @@ with DAG(
     credentials = list_credentials()
 
     # What both per-credential tasks share: named by credential in the UI, same stores, same alerts,
-    # the same Airflow retries (a mapped operator takes them from partial(), not from its __init__).
+    # the same Airflow retries.
     per_credential: dict[str, Any] = {
         **CREDENTIAL_TASK_DEFAULTS,
         "map_index_template": "{{ task.servicetitan_conn_id }}",
         "warehouse_conn_id": WAREHOUSE_CONN_ID,
-        "redis_conn_id": REDIS_CONN_ID,
-        "redis_namespace": REDIS_NAMESPACE,
         "table_prefix": TABLE_PREFIX,
         "retry_policy": ServiceTitanRetryPolicy(),
         "on_failure_callback": alerts,
     }
-    synced = ServiceTitanSyncOperator.partial(
-        task_id="sync",
-        alert_notifier=alerts,
-        reexport_from="{{ (params.reexport_from or '') " + _IF_REEXPORTED_HERE + " }}",
-        reexport_resources="{{ (params.reexport_resources or []) | join(',') " + _IF_REEXPORTED_HERE + " }}",
-        **per_credential,
-    ).expand(servicetitan_conn_id=credentials)
-    # A mapped operator takes its trigger rule from partial(), not from the operator's default.
-    recovered = ServiceTitanRecoveryOperator.partial(
-        task_id="recover", trigger_rule="all_done", max_attempts=MAX_RECOVERY_ATTEMPTS, **per_credential
-    ).expand(servicetitan_conn_id=credentials)
+
+    @task_group(group_id=CREDENTIAL_GROUP)
+    def sync_then_recover(servicetitan_conn_id: str) -> None:
+        """One credential: its sync, then the recovery of its parked records whatever the sync did."""
+        synced = ServiceTitanSyncOperator(
+            task_id="sync",
+            servicetitan_conn_id=servicetitan_conn_id,
+            alert_notifier=alerts,
+            reexport_from="{{ (params.reexport_from or '') " + _IF_REEXPORTED_HERE + " }}",
+            reexport_resources="{{ (params.reexport_resources or []) | join(',') " + _IF_REEXPORTED_HERE + " }}",
+            probe_now="{{ params.probe_now }}",
+            **per_credential,
+        )
+        recovered = ServiceTitanRecoveryOperator(
+            task_id="recover",
+            servicetitan_conn_id=servicetitan_conn_id,
+            trigger_rule="all_done",
+            max_attempts=MAX_RECOVERY_ATTEMPTS,
+            **per_credential,
+        )
+        synced >> recovered
+
+    chains = sync_then_recover.expand(servicetitan_conn_id=credentials)
 
     report = ServiceTitanReportOperator(
         task_id="report",
@@ -151,5 +177,10 @@ with DAG(
         max_recovery_attempts=MAX_RECOVERY_ATTEMPTS,
         trigger_rule="all_done",
     )
+    # The run's leaf: failed (upstream_failed) when any credential's sync or recovery failed, so the
+    # run's state, DAG-level callbacks and deadlines see it; skipped credentials are not failures.
+    # Run by the scheduler itself (an empty task takes no worker slot).
+    verdict = EmptyOperator(task_id="all_credentials_synced", trigger_rule="none_failed")
 
-    synced >> recovered >> report
+    chains >> report >> verdict
+    [dag.task_dict[f"{CREDENTIAL_GROUP}.sync"], dag.task_dict[f"{CREDENTIAL_GROUP}.recover"]] >> verdict

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -57,3 +61,18 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script that is not part of a package (``scripts/``, ``compose/``) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+#: ``scripts/local_servers.py``: the Redis and PostgreSQL ``make test`` and ``make demo`` start.
+local_servers = load_script(Path(__file__).resolve().parents[1] / "scripts" / "local_servers.py", "local_servers")

@@ -55,3 +55,26 @@ def test_airflow_cli_lists_provider_and_connection_type():
     assert ours[0]["class"] == "airflow_provider_servicetitan.hooks.servicetitan.ServiceTitanHook"
     assert ours[0]["package_name"] == "airflow-provider-servicetitan"
     assert ours[0]["conn_id_attribute_name"] == "servicetitan_conn_id"
+
+
+def test_the_config_section_is_declared_with_its_defaults():
+    options = get_provider_info()["config"]["servicetitan"]["options"]
+    assert {name: option["default"] for name, option in options.items()} == {
+        "redis_conn_id": "redis_default",
+        "redis_namespace": "servicetitan",
+    }
+
+
+def test_airflow_reads_the_config_section_from_its_defaults_and_the_environment(monkeypatch):
+    monkeypatch.delenv("AIRFLOW__SERVICETITAN__REDIS_NAMESPACE", raising=False)
+    assert airflow_cli("config", "get-value", "servicetitan", "redis_namespace").strip() == "servicetitan"
+    assert airflow_cli("config", "get-value", "servicetitan", "redis_conn_id").strip() == "redis_default"
+
+    monkeypatch.setenv("AIRFLOW__SERVICETITAN__REDIS_NAMESPACE", "servicetitan_prod")
+    assert airflow_cli("config", "get-value", "servicetitan", "redis_namespace").strip() == "servicetitan_prod"
+
+
+def test_airflow_cli_lists_the_breaker_trigger():
+    triggers = json.loads(airflow_cli("providers", "triggers", "--output", "json"))
+    ours = [t for t in triggers if t["package_name"] == "airflow-provider-servicetitan"]
+    assert [t["class"] for t in ours] == ["airflow_provider_servicetitan.triggers.breaker"]

@@ -33,7 +33,7 @@ from airflow_provider_servicetitan.errors import (
     ServiceUnavailableError,
     TokenRefreshError,
 )
-from airflow_provider_servicetitan.task_retry import ServiceTitanRetryPolicy
+from airflow_provider_servicetitan.task_retry import ServiceTitanRetryPolicy, started_by_clear
 
 NO_JITTER = ServiceTitanRetryPolicy(probe_jitter=timedelta(0))
 
@@ -208,3 +208,19 @@ def test_a_dag_using_the_policy_survives_airflow_serialization():
     other = DagSerialization.to_dict(build_dag(ServiceTitanRetryPolicy(min_delay=timedelta(minutes=5))))
     assert json.dumps(other) == payload
     assert "ServiceTitanRetryPolicy" not in payload
+
+
+@pytest.mark.parametrize(
+    ("try_number", "max_tries", "retries", "cleared"),
+    [
+        (1, 3, 3, False),  # the first try of a run
+        (2, 3, 3, False),  # Airflow's own retry
+        (4, 3, 3, False),  # its last retry
+        (5, 7, 3, True),  # after 4 tries a person cleared it: max_tries = 4 + retries
+        (6, 7, 3, False),  # ...and Airflow retried that one
+        (2, 1, 0, True),  # no retries: any try after the first is a Clear
+        (3, 5, 3, True),  # a deferred try 2, cleared while it waited
+    ],
+)
+def test_a_try_started_by_clear_is_told_from_a_retry(try_number, max_tries, retries, cleared):
+    assert started_by_clear(try_number, max_tries, retries) is cleared

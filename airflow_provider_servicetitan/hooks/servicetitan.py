@@ -4,7 +4,10 @@ The connection holds the credential (login = client id, password = client secret
 ``app_key``, ``tenant_id``, ``environment``, optional ``auth_url`` / ``api_url``) and may tune
 resilience in its extra: ``{"retry": {"preset": "aggressive", "max_attempts": 4},
 "breaker": {"failure_threshold": 5, "open_seconds": 30}}``. Arguments given in code win.
-Shared state (tokens, breaker) lives in the Redis of an Airflow ``redis`` connection.
+Shared state (tokens, breaker) lives in the Redis of an Airflow ``redis`` connection; which one,
+and the namespace of its keys, default to the ``[servicetitan]`` config section (see
+:mod:`~airflow_provider_servicetitan.hooks.settings`), so the connection form's Test button and
+the DAG's tasks share the same tokens and breakers.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import PREVIEW_CHARS, ServiceTitanCredentials
 from airflow_provider_servicetitan.errors import CredentialValidationError, ServiceTitanError
 from airflow_provider_servicetitan.get_provider_info import CONNECTION_TYPE
+from airflow_provider_servicetitan.hooks import settings
 from airflow_provider_servicetitan.hooks.redis import redis_from_connection
 from airflow_provider_servicetitan.metrics import MetricsListener
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
@@ -48,14 +52,18 @@ class ServiceTitanHook(BaseHook):
 
     :param servicetitan_conn_id: the ServiceTitan connection (one credential = one tenant).
     :param redis_conn_id: Airflow Redis connection for the shared token cache and circuit breaker;
-        ``None`` keeps both per process.
+        ``None`` keeps both per process. Default: ``[servicetitan] redis_conn_id`` (``redis_default``).
     :param retry_policy: overrides the retry settings of the connection.
     :param breaker_config: overrides the circuit breaker settings of the connection.
-    :param namespace: prefix of every Redis key.
+    :param namespace: prefix of every Redis key. Default: ``[servicetitan] redis_namespace``
+        (``servicetitan``); a configured one that is not valid raises ``ValueError`` naming the setting.
     :param token_encryption_key: Fernet key(s), comma-separated, for tokens in Redis. Default: the
         Airflow ``[core] fernet_key``, else a key derived from the client secret.
     :param timeout: (connect, read) timeouts of API calls, in seconds.
     :param retry_listener: called before each retry of an API call (metrics, sync log counts).
+    :param max_retry_after: a wait ServiceTitan or the breaker asks for that is longer than this
+        ends the call's retries at once (``RetryPolicy.max_retry_after``), so that an operator can
+        defer instead of sleeping in a worker; ``None``: waits within the retry budget.
     """
 
     conn_name_attr = "servicetitan_conn_id"
@@ -66,24 +74,26 @@ class ServiceTitanHook(BaseHook):
     def __init__(
         self,
         servicetitan_conn_id: str = default_conn_name,
-        redis_conn_id: str | None = "redis_default",
+        redis_conn_id: str | settings.FromConfig | None = settings.FROM_CONFIG,
         *,
         retry_policy: RetryPolicy | None = None,
         breaker_config: BreakerConfig | None = None,
-        namespace: str = "servicetitan",
+        namespace: str | None = None,
         token_encryption_key: str | None = None,
         timeout: tuple[float, float] = (5.0, 60.0),
         retry_listener: Callable[[RetryEvent], None] | None = None,
+        max_retry_after: float | None = None,
     ) -> None:
         super().__init__()
         self.servicetitan_conn_id = servicetitan_conn_id
-        self.redis_conn_id = redis_conn_id
+        self.redis_conn_id = settings.redis_conn_id(redis_conn_id)
         self._retry_policy = retry_policy
         self._breaker_config = breaker_config
-        self.namespace = namespace
+        self.namespace = settings.redis_namespace(namespace)
         self._token_encryption_key = token_encryption_key
         self.timeout = timeout
         self._retry_listener = retry_listener
+        self._max_retry_after = max_retry_after
 
     @cached_property
     def _connection(self) -> Connection:
@@ -179,6 +189,8 @@ class ServiceTitanHook(BaseHook):
         retry_policy = self.get_retry_policy()
         retry_listeners = [metrics.on_retry, retry_policy.listener, self._retry_listener]
         retry_policy = retry_policy.with_overrides(listener=_fan_out(retry_listeners))
+        if self._max_retry_after is not None:
+            retry_policy = retry_policy.with_overrides(max_retry_after=self._max_retry_after)
         breaker_config = self.get_breaker_config()
         redis_client = self.get_redis()
         tokens = TokenManager(

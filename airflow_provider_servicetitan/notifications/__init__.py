@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_servicetitan.notifications.alerts import Alert, AlertKind, make_incident_key
 from airflow_provider_servicetitan.notifications.classify import (
+    TaskTries,
     alert_from_exception,
     alert_from_transition,
     dead_letter_alert,
@@ -26,6 +27,7 @@ __all__ = [
     "AlertDeduplicator",
     "AlertKind",
     "ServiceTitanAlertNotifier",
+    "TaskTries",
     "alert_from_exception",
     "alert_from_transition",
     "dead_letter_alert",

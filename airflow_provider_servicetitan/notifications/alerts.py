@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -41,6 +41,8 @@ _TITLES: dict[AlertKind, str] = {
     AlertKind.RESOLVED: "Resolved",
 }
 
+_TITLES_BY_VALUE = {kind.value: title for kind, title in _TITLES.items()}
+
 
 @dataclass(frozen=True)
 class Alert:
@@ -59,7 +61,8 @@ class Alert:
     :param incident_key: identity of the incident for deduplication; default
         ``credential|kind|error_class``.
     :param details: a few more facts (task, counts); never a secret.
-    :param resolves: for a ``resolved`` alert, the kind of incident it closes (``None``: all).
+    :param resolves: for a ``resolved`` alert, the kinds of incident it closes (``None``: all); once
+        sent, the kinds it actually closed (see :meth:`closing`).
     """
 
     kind: AlertKind
@@ -74,12 +77,15 @@ class Alert:
     log_url: str | None = None
     incident_key: str = ""
     details: Mapping[str, DetailValue] = field(default_factory=dict)
-    resolves: AlertKind | None = None
+    resolves: tuple[AlertKind, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", AlertKind(self.kind))
         if self.resolves is not None:
-            object.__setattr__(self, "resolves", AlertKind(self.resolves))
+            resolves = tuple(dict.fromkeys(AlertKind(kind) for kind in self.resolves))
+            if not resolves or AlertKind.RESOLVED in resolves:
+                raise ValueError("resolves names kinds of incidents (not 'resolved'), or is None for all")
+            object.__setattr__(self, "resolves", resolves)
         object.__setattr__(self, "details", dict(self.details))
         if not self.incident_key:
             object.__setattr__(self, "incident_key", make_incident_key(self.credential, self.kind, self.error_class))
@@ -98,8 +104,20 @@ class Alert:
         """Every field, JSON-ready."""
         data = dataclasses.asdict(self)
         data["kind"] = self.kind.value
-        data["resolves"] = self.resolves.value if self.resolves else None
+        data["resolves"] = [kind.value for kind in self.resolves] if self.resolves is not None else None
         return data
+
+    def closing(self, kinds: Sequence[str]) -> Alert:
+        """This all-clear as it is sent: naming the incidents it closed (``kinds``, as the
+        deduplication state knew them; a kind this version does not know is named as it is)."""
+        names = ", ".join(_TITLES_BY_VALUE.get(kind, kind) for kind in kinds)
+        known = tuple(AlertKind(kind) for kind in kinds if kind in _TITLES_BY_VALUE)
+        closed = dataclasses.replace(
+            self,
+            summary=f"{self.summary} Closed its open incidents: {names}.",
+            resolves=known or self.resolves,
+        )
+        return closed.with_details(closed=", ".join(kinds))
 
     def as_text(self, *, mrkdwn: bool = False) -> str:
         """The alert as lines of text; ``mrkdwn=True`` formats it for Slack (bold labels, escaped)."""

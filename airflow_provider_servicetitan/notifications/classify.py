@@ -8,6 +8,8 @@ know is left to Airflow's own failure handling.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from airflow_provider_servicetitan.errors import (
@@ -29,6 +31,7 @@ from airflow_provider_servicetitan.notifications.alerts import Alert, AlertKind,
 from airflow_provider_servicetitan.resilience.breaker import BreakerTransition
 
 __all__ = [
+    "TaskTries",
     "alert_from_exception",
     "alert_from_transition",
     "dead_letter_alert",
@@ -42,6 +45,48 @@ _OPEN_REASONS = {
     "probe_failed": "the test call after the pause failed too",
     "forced_open": "an operator forced it open",
 }
+
+
+@dataclass(frozen=True)
+class TaskTries:
+    """The Airflow task tries behind a failure, as plain facts (the notifier reads them from the
+    failure callback's context), so an alert can say how long a person was not told.
+
+    :param try_number: the try that failed (Airflow's ``ti.try_number``: 1 for the first, counting
+        the tries before a Clear too).
+    :param max_tries: Airflow's ``ti.max_tries``: the task may run up to ``max_tries + 1`` times.
+    :param run_started_at: when the DAG run started (``dag_run.start_date``; a Clear restarts it).
+    :param failed_at: when the task failed (aware datetimes, as Airflow's).
+    """
+
+    try_number: int
+    max_tries: int | None = None
+    run_started_at: datetime | None = None
+    failed_at: datetime | None = None
+
+    def describe(self) -> str:
+        """E.g. ``4 Airflow task tries (try 4 of 4; the DAG run started 16 min ago)``."""
+        facts = [f"try {self.try_number} of {self.max_tries + 1}"] if self.max_tries is not None else []
+        if self.run_started_at is not None and self.failed_at is not None:
+            age = (self.failed_at - self.run_started_at).total_seconds()
+            facts.append(f"the DAG run started {_duration(age)} ago")
+        tries = "1 Airflow task try" if self.try_number == 1 else f"{self.try_number} Airflow task tries"
+        return f"{tries} ({'; '.join(facts)})" if facts else tries
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``16 min``, ``2 h 5 min``, ``3 d 4 h``: how long, to a person."""
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total} s"
+    minutes = total // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def find_servicetitan_error(exception: BaseException) -> ServiceTitanError | None:
@@ -61,9 +106,17 @@ def find_servicetitan_error(exception: BaseException) -> ServiceTitanError | Non
 
 
 def alert_from_exception(
-    exception: BaseException, *, credential: str, tenant_id: str | None = None, log_url: str | None = None
+    exception: BaseException,
+    *,
+    credential: str,
+    tenant_id: str | None = None,
+    log_url: str | None = None,
+    task_tries: TaskTries | None = None,
 ) -> Alert | None:
-    """The alert for a task that failed with ``exception``, or ``None`` if it needs no person."""
+    """The alert for a task that failed with ``exception``, or ``None`` if it needs no person.
+
+    ``task_tries``: the Airflow tries behind the failure, told by a retries-exhausted alert.
+    """
     error = find_servicetitan_error(exception)
     if isinstance(error, InvalidCredentialsError):
         return Alert(
@@ -117,30 +170,48 @@ def alert_from_exception(
             ),
         )
     if isinstance(error, RetryExhaustedError):
-        return _retries_exhausted(error, credential=credential, tenant_id=tenant_id, log_url=log_url)
+        return _retries_exhausted(
+            error, credential=credential, tenant_id=tenant_id, log_url=log_url, task_tries=task_tries
+        )
     return None
 
 
 def _retries_exhausted(
-    error: RetryExhaustedError, *, credential: str, tenant_id: str | None, log_url: str | None
+    error: RetryExhaustedError,
+    *,
+    credential: str,
+    tenant_id: str | None,
+    log_url: str | None,
+    task_tries: TaskTries | None,
 ) -> Alert:
+    """Says first how many Airflow task tries failed and over how long, then what the last try's
+    calls did: a retry count alone (of the last call) hides how long the credential was down."""
     last = root_cause(error)
     trace_id = getattr(last, "trace_id", None)
-    system_action = f"Tried {error.attempts} times with exponential backoff and jitter"
+    if task_tries is not None:
+        gave_up = f"Gave up on ServiceTitan after {task_tries.describe()}. The last try's calls"
+        each = (
+            "in its only task try"
+            if task_tries.try_number == 1
+            else f"in each of the {task_tries.try_number} task tries"
+        )
+    else:
+        gave_up = "Gave up on ServiceTitan: the calls"
+        each = "in this task"
+    calls = f"gave up after {error.attempts} attempts"
+    if isinstance(last, CircuitBreakerOpenError):
+        summary = (
+            f"{gave_up} {calls}: the circuit breaker {last.breaker_name!r} is open (ServiceTitan kept failing), "
+            f"so no call was made; it admits a test call in {last.retry_after:.0f}s."
+        )
+    else:
+        summary = f"{gave_up} {calls}; the last error was {type(last).__name__}: {last}"
+    system_action = f"Retried the calls with exponential backoff and jitter {each}"
     if isinstance(last, RateLimitExceededError):
         system_action += ", waiting as long as ServiceTitan's Retry-After asked"
     system_action += (
         "; kept the last committed checkpoint, so the next attempt resumes from there without duplicating data."
     )
-    if isinstance(last, CircuitBreakerOpenError):
-        summary = (
-            f"Gave up after {error.attempts} attempts: the circuit breaker {last.breaker_name!r} is open "
-            f"(ServiceTitan kept failing), so no call was made; it admits a test call in {last.retry_after:.0f}s."
-        )
-    else:
-        summary = (
-            f"Gave up on ServiceTitan after {error.attempts} attempts; the last error was {type(last).__name__}: {last}"
-        )
     return Alert(
         kind=AlertKind.RETRIES_EXHAUSTED,
         credential=credential,
@@ -152,7 +223,7 @@ def _retries_exhausted(
         summary=summary,
         system_action=system_action,
         human_action=_retry_advice(last),
-        details={"attempts": error.attempts},
+        details={"call_attempts": error.attempts},
     )
 
 
@@ -234,22 +305,29 @@ def dead_letter_alert(
 
 
 def resolved_alert(
-    credential: str, previous_kind: AlertKind | str | None = None, *, tenant_id: str | None = None
+    credential: str,
+    kinds: AlertKind | str | Iterable[AlertKind | str] | None = None,
+    *,
+    tenant_id: str | None = None,
 ) -> Alert:
-    """The all-clear for ``credential``: for its open incidents of ``previous_kind``, or all of them.
+    """The all-clear for ``credential``: for its open incidents of ``kinds`` (one or several), or
+    all of them (``None``).
 
-    The notifier sends it only when the credential has such an open incident, and closes them.
+    The notifier sends it only when the credential has such open incidents: one message naming
+    every incident it closed.
     """
-    kind = AlertKind(previous_kind) if previous_kind is not None else None
-    if kind is AlertKind.RESOLVED:
-        raise ValueError("previous_kind must be the kind of an incident, not 'resolved'")
+    if kinds is None:
+        resolves = None
+    else:
+        resolves = tuple(AlertKind(kind) for kind in ([kinds] if isinstance(kinds, str) else kinds))
+    scope = ",".join(sorted(resolves)) if resolves is not None else None
     return Alert(
         kind=AlertKind.RESOLVED,
         credential=credential,
         tenant_id=tenant_id,
-        incident_key=make_incident_key(credential, AlertKind.RESOLVED, kind.value if kind else None),
+        incident_key=make_incident_key(credential, AlertKind.RESOLVED, scope),
         summary=f"{credential} works again.",
-        system_action="Closed the open incident; a new failure alerts again.",
+        system_action="Closed the open incidents named above; a new failure alerts again.",
         human_action="Nothing.",
-        resolves=kind,
+        resolves=resolves,
     )

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import redis
 
@@ -27,15 +27,21 @@ __all__ = ["AlertDeduplicator"]
 
 logger = logging.getLogger(__name__)
 
-# Take the open incidents of a credential (all, or those of one kind) and remove them, atomically:
-# of several processes resolving the same credential, exactly one gets them.
-# KEYS[1] = open-incidents hash; ARGV[1] = kind, or '' for all. Returns [digest, kind, ...].
+# Take the open incidents of a credential (all, or those of the given kinds), remove them and end
+# their alert windows, atomically: of several processes resolving the same credential, exactly one
+# gets them, and a recurrence after the close alerts again.
+# KEYS[1] = open-incidents hash; ARGV[1] = prefix of the alert keys, ARGV[2..] = kinds (none: all).
+# Returns [digest, kind, ...]. (The alert keys are named here, not in KEYS: this shared state is
+# kept in one standalone Redis, see hooks.redis.)
 _CLOSE_LUA = """
+local wanted = {}
+for i = 2, #ARGV do wanted[ARGV[i]] = true end
 local entries = redis.call('HGETALL', KEYS[1])
 local closed = {}
 for i = 1, #entries, 2 do
-  if ARGV[1] == '' or entries[i + 1] == ARGV[1] then
+  if #ARGV == 1 or wanted[entries[i + 1]] then
     redis.call('HDEL', KEYS[1], entries[i])
+    redis.call('DEL', ARGV[1] .. entries[i])
     closed[#closed + 1] = entries[i]
     closed[#closed + 1] = entries[i + 1]
   end
@@ -165,24 +171,25 @@ class AlertDeduplicator:
 
         return self._shared.run(on_redis, locally)
 
-    def close_incidents(self, credential: str, kind: str | None = None) -> list[str]:
-        """Close ``credential``'s open incidents (of ``kind``, or all) and end their windows.
+    def close_incidents(self, credential: str, kinds: str | Iterable[str] | None = None) -> list[str]:
+        """Close ``credential``'s open incidents (of ``kinds``: one kind or several; ``None``: all)
+        and end their windows, in one atomic step.
 
         Returns the kinds closed: empty if there were none, or another process closed them first.
         """
+        wanted = None if kinds is None else ({kinds} if isinstance(kinds, str) else set(kinds))
+        if wanted is not None and not wanted:
+            return []
 
         def on_redis(client: redis.Redis) -> list[str]:
             close = client.register_script(_CLOSE_LUA)
-            flat = close(keys=[self.open_key(credential)], args=[kind or ""])
-            digests = [_text(value) for value in flat[0::2]]
-            if digests:
-                client.delete(*(self._alert_key(digest) for digest in digests))
+            flat = close(keys=[self.open_key(credential)], args=[self._alert_key(""), *sorted(wanted or ())])
             return sorted({_text(value) for value in flat[1::2]})
 
         def locally() -> list[str]:
             with self._lock:
                 incidents = self._open.get(_digest(credential), {})
-                closed = {digest: found for digest, found in incidents.items() if kind is None or found == kind}
+                closed = {digest: found for digest, found in incidents.items() if wanted is None or found in wanted}
                 for digest in closed:
                     incidents.pop(digest)
                     self._claimed.pop(digest, None)

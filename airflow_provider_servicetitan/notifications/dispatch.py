@@ -5,8 +5,9 @@ The rules, without Airflow:
 - An incident alerts once per deduplication window, across every worker sharing the Redis of
   ``dedup``. An alert that no channel delivered does not count: the next occurrence tries again,
   rather than leave a person uninformed for a whole window.
-- A ``resolved`` alert goes out only if the credential has open incidents (of the kind it
-  resolves), and closes them: exactly one of several processes resolving them sends it.
+- A ``resolved`` alert goes out only if the credential has open incidents (of the kinds it
+  resolves), and closes them: exactly one of several processes resolving them sends it, one
+  message naming every incident it closed.
 - Every alert is logged (at error, an all-clear at info); each channel is tried even when another
   fails, and a failure never raises.
 """
@@ -36,7 +37,7 @@ def dispatch(alert: Alert, *, dedup: AlertDeduplicator, channels: Sequence[Alert
             if not closed:
                 logger.debug("%s: no open incident, no resolved message", alert.credential)
                 return False
-            alert = alert.with_details(closed=", ".join(closed))
+            alert = alert.closing(closed)
         elif not dedup.first_in_window(alert.incident_key, credential=alert.credential, kind=alert.kind):
             logger.info("ServiceTitan alert %r already sent in this window; not repeated", alert.title)
             return False

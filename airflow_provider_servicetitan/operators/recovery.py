@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator, Context
 
 from airflow_provider_servicetitan import metrics
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
+from airflow_provider_servicetitan.hooks.settings import FROM_CONFIG, FromConfig
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
 from airflow_provider_servicetitan.sync.recovery import recover_dead_letters
 
@@ -25,7 +26,9 @@ class ServiceTitanRecoveryOperator(BaseOperator):
     :param servicetitan_conn_id: the credential's ServiceTitan connection (templated).
     :param warehouse_conn_id: the warehouse the sync wrote to (templated).
     :param redis_conn_id: Redis for shared tokens and breaker; ``None`` for per-process state.
-    :param redis_namespace: prefix of the Redis keys (tokens, breakers).
+        Default: ``[servicetitan] redis_conn_id`` (see ``hooks.settings``).
+    :param redis_namespace: prefix of the Redis keys (tokens, breakers). Default:
+        ``[servicetitan] redis_namespace``.
     :param table_prefix: prefix of the warehouse tables.
     :param max_attempts: recovery attempts per record before it is left for a person.
     """
@@ -38,8 +41,8 @@ class ServiceTitanRecoveryOperator(BaseOperator):
         *,
         servicetitan_conn_id: str,
         warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
-        redis_conn_id: str | None = "redis_default",
-        redis_namespace: str = "servicetitan",
+        redis_conn_id: str | FromConfig | None = FROM_CONFIG,
+        redis_namespace: str | None = None,
         table_prefix: str = "servicetitan",
         max_attempts: int = 3,
         **kwargs: Any,

@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperator, Context
 
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
 from airflow_provider_servicetitan.notifications.alerts import AlertKind
-from airflow_provider_servicetitan.notifications.classify import dead_letter_alert, resolved_alert
+from airflow_provider_servicetitan.notifications.classify import dead_letter_alert
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
 from airflow_provider_servicetitan.storage.models import CredentialTotals, RunLog
 
@@ -79,7 +79,7 @@ class ServiceTitanReportOperator(BaseOperator):
                 alert = dead_letter_alert(credential, totals.open_dead_letters, self.dead_letter_threshold)
                 self.notifier.send(alert.with_details(needs_a_person=totals.needs_attention))
             else:
-                self.notifier.send(resolved_alert(credential, AlertKind.DEAD_LETTERS_OVER_THRESHOLD))
+                self.notifier.resolve(credential, [AlertKind.DEAD_LETTERS_OVER_THRESHOLD])
         return {
             **totals.counts.counters(),
             "resources": dict(totals.resources),

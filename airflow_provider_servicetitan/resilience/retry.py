@@ -9,12 +9,15 @@
 * an error with a ``retry_after`` (429 ``Retry-After``, an open circuit breaker) is never retried
   sooner than asked. A server-requested wait is honoured only within the remaining budget (what
   is left of ``max_elapsed`` if set, else ``max_delay``); beyond it the policy gives up at once
-  rather than keep an Airflow worker asleep for minutes;
+  rather than keep an Airflow worker asleep for minutes. ``max_retry_after`` adds a limit for
+  server-requested waits alone, so that a caller able to wait elsewhere (an Airflow task that
+  defers to the triggerer) gets the error back instead of sleeping;
 * when attempts or time run out, :class:`RetryExhaustedError` is raised ``from`` the last error.
 
 The rule is composed from tenacity's own pieces: ``retry_if_exception`` for ``retry_on``,
-``stop_after_attempt | <time budget>`` for when to give up, ``wait_exponential`` for the backoff
-ceiling. Three small callables fill what tenacity cannot express exactly (each says why).
+``stop_after_attempt | <time budget> [| <requested wait too long>]`` for when to give up,
+``wait_exponential`` for the backoff ceiling. Small callables fill what tenacity cannot express
+exactly (each says why).
 Clock, sleep and random source are injectable, so the behaviour can be tested without sleeping.
 This module does not import Airflow.
 """
@@ -78,6 +81,11 @@ class RetryPolicy:
     :param max_elapsed: total time budget of one :meth:`call`, in seconds, or ``None``. The policy
         gives up rather than start a sleep that would end past it.
     :param retry_on: which errors are worth another attempt.
+    :param max_retry_after: the longest server- or breaker-requested wait (an error's
+        ``retry_after``: 429 ``Retry-After``, an open circuit breaker) worth sleeping for, in
+        seconds, or ``None`` for no limit but the budget above. An error asking for more ends the
+        retries at once with :class:`RetryExhaustedError` from it, whose ``last_error.retry_after``
+        tells the caller how long to defer the task instead.
     :param sleep: how to wait (injectable for tests).
     :param clock: monotonic clock in seconds, used for every elapsed-time decision.
     :param rng: random source for the jitter (not security-relevant).
@@ -89,6 +97,7 @@ class RetryPolicy:
     max_delay: float = 60.0
     max_elapsed: float | None = None
     retry_on: Callable[[BaseException], bool] = is_retryable
+    max_retry_after: float | None = None
     _: KW_ONLY
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
@@ -105,6 +114,12 @@ class RetryPolicy:
             raise ValueError(f"base_delay ({self.base_delay}) must not be greater than max_delay ({self.max_delay})")
         if self.max_elapsed is not None:
             require_positive(self.max_elapsed, "max_elapsed")
+        if self.max_retry_after is not None and (
+            not is_finite_number(self.max_retry_after) or self.max_retry_after < 0
+        ):
+            raise ValueError(
+                f"max_retry_after must be None or a finite number of seconds >= 0, got {self.max_retry_after!r}"
+            )
         for name in ("retry_on", "sleep", "clock"):
             if not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be callable")
@@ -146,12 +161,17 @@ class RetryPolicy:
         """Call ``fn(*args, **kwargs)`` under this policy and return its result."""
         name = _name_of(fn)
         budget = _StopPastBudget(self, started=self.clock())
+        stop = tenacity.stop_after_attempt(self.max_attempts) | budget
+        too_long: _StopOnLongRetryAfter | None = None
+        if self.max_retry_after is not None:
+            too_long = _StopOnLongRetryAfter(self.max_retry_after)
+            stop = stop | too_long
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(self.retry_on),
-            stop=tenacity.stop_after_attempt(self.max_attempts) | budget,
+            stop=stop,
             wait=_WaitAtLeastRetryAfter(_WaitFullJitter(self)),
             before_sleep=functools.partial(self._announce_retry, name),
-            retry_error_callback=functools.partial(self._give_up, name, budget),
+            retry_error_callback=functools.partial(self._give_up, name, budget, too_long),
             sleep=lambda seconds: self.sleep(float(seconds)),
         )
         # Bound here, not passed through: tenacity's own first parameter is called ``fn`` too.
@@ -193,12 +213,23 @@ class RetryPolicy:
                 # Metrics must never break a sync.
                 log.warning("retry listener %s failed", _name_of(self.listener), exc_info=True)
 
-    def _give_up(self, fn_name: str, budget: _StopPastBudget, state: tenacity.RetryCallState) -> NoReturn:
+    def _give_up(
+        self,
+        fn_name: str,
+        budget: _StopPastBudget,
+        too_long: _StopOnLongRetryAfter | None,
+        state: tenacity.RetryCallState,
+    ) -> NoReturn:
         """Log why and raise :class:`RetryExhaustedError` from the last error (tenacity's
         ``retry_error_callback``)."""
         error = _error(state)
         assert error is not None  # noqa: S101 - tenacity only stops after a retried failure
-        reason = "no attempts left" if state.attempt_number >= self.max_attempts else budget.why(state)
+        if state.attempt_number >= self.max_attempts:
+            reason = "no attempts left"
+        elif too_long is not None and too_long(state):
+            reason = too_long.why(state)
+        else:
+            reason = budget.why(state)
         log.warning(
             "%s: giving up after %d attempt%s, last error %s (traceId=%s): %s",
             fn_name,
@@ -279,6 +310,29 @@ class _StopPastBudget(stop_base):
         if policy.max_elapsed is None:
             return policy.max_delay
         return policy.max_elapsed - (policy.clock() - self._started)
+
+
+class _StopOnLongRetryAfter(stop_base):
+    """Stop at once when the error asks for a wait longer than ``max_retry_after``.
+
+    Unlike the budget, this looks at the requested wait alone, not at the sleep the backoff would
+    add: it answers "is the service asking for more patience than this caller has in a worker?".
+    """
+
+    def __init__(self, limit: float) -> None:
+        self._limit = limit
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        retry_after = _retry_after(_error(retry_state))
+        return retry_after is not None and retry_after > self._limit
+
+    def why(self, retry_state: tenacity.RetryCallState) -> str:
+        """Why this stopped the retries, for the log."""
+        retry_after = _retry_after(_error(retry_state))
+        return (
+            f"asked to wait {retry_after or 0.0:.2f}s, more than max_retry_after={self._limit:g}s: "
+            "left to the caller to wait without holding a worker"
+        )
 
 
 def _error(state: tenacity.RetryCallState) -> BaseException | None:

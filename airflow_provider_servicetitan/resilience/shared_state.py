@@ -10,6 +10,9 @@ sync. So each of them talks to Redis through :class:`SharedRedis`, which
 * on a Redis error logs one warning per outage and tells its user to use per-process state;
 * does not try Redis again until ``recheck_seconds`` have passed (one try per interval across the
   threads of a process), and logs once at INFO when Redis answers again.
+
+Async code (an Airflow trigger watching a breaker) gets the same fail-fast client for asyncio from
+:func:`fail_fast_async_client`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -31,6 +36,7 @@ __all__ = [
     "DEFAULT_REDIS_RECHECK_SECONDS",
     "FAIL_FAST_TIMEOUT_SECONDS",
     "SharedRedis",
+    "fail_fast_async_client",
     "fail_fast_client",
 ]
 
@@ -58,6 +64,40 @@ _POOL_OWNED_KWARGS = (
     "orig_socket_connect_timeout",
 )
 _fail_fast_clients: weakref.WeakSet[redis.Redis] = weakref.WeakSet()
+# What an asyncio copy takes from a sync pool's connection_kwargs: the server and how to reach it
+# securely. The rest (timeouts, retries, pool-owned state) is the copy's own.
+_ASYNC_TARGET_KWARGS = frozenset(
+    {
+        "host",
+        "port",
+        "db",
+        "username",
+        "password",
+        "credential_provider",
+        "client_name",
+        "protocol",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_include_verify_flags",
+        "ssl_exclude_verify_flags",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_ca_path",
+        "ssl_check_hostname",
+        "ssl_min_version",
+        "ssl_ciphers",
+        "ssl_password",
+    }
+)
+# TLS checks of sync clients that redis-py's asyncio connections cannot make: refused, never dropped.
+_SYNC_ONLY_TLS_KWARGS = ("ssl_validate_ocsp", "ssl_validate_ocsp_stapled", "ssl_ocsp_context", "ssl_ocsp_expected_cert")
+_ASYNC_CONNECTION_CLASSES: dict[
+    type[redis.connection.AbstractConnection], type[redis.asyncio.connection.AbstractConnection]
+] = {
+    redis.Connection: redis.asyncio.Connection,
+    redis.SSLConnection: redis.asyncio.SSLConnection,
+}
 
 
 def fail_fast_client(client: Client, *, timeout: float = FAIL_FAST_TIMEOUT_SECONDS) -> Client:
@@ -81,14 +121,7 @@ def fail_fast_client(client: Client, *, timeout: float = FAIL_FAST_TIMEOUT_SECON
         _warn_not_converted(client)
         return client
     kwargs = {name: value for name, value in pool.connection_kwargs.items() if name not in _POOL_OWNED_KWARGS}
-    kwargs.update(
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        retry_on_error=[],
-        decode_responses=False,
-    )
+    kwargs.update(_failing_fast(timeout, Retry(NoBackoff(), 0)))
     fast = redis.Redis(
         connection_pool=redis.ConnectionPool(
             connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
@@ -97,6 +130,51 @@ def fail_fast_client(client: Client, *, timeout: float = FAIL_FAST_TIMEOUT_SECON
     fast.auto_close_connection_pool = True  # the pool is ours: closing the client closes it
     _fail_fast_clients.add(fast)
     return fast
+
+
+def fail_fast_async_client(client: redis.Redis, *, timeout: float = FAIL_FAST_TIMEOUT_SECONDS) -> redis.asyncio.Redis:
+    """An asyncio client for the same Redis as the sync ``client``, failing as fast as
+    :func:`fail_fast_client`'s: ``timeout`` to connect and to read, no retries, replies as bytes.
+
+    The same target is copied (host, port, db, username, password or credential provider, client
+    name, TLS settings), so sync and async code built from one ``client`` always
+    reach the same server the same way; ``client`` is left untouched and nothing connects yet.
+    Closing the returned client (``await client.aclose()``) closes its own pool.
+
+    :raises ValueError: ``client`` cannot be copied: a Sentinel or custom pool, a connection class
+        other than TCP or TLS (a unix socket), or a TLS check asyncio connections cannot make (OCSP).
+    """
+    require_positive(timeout, "timeout")
+    pool = client.connection_pool
+    connection_class = _ASYNC_CONNECTION_CLASSES.get(pool.connection_class)
+    if type(pool) not in _COPYABLE_POOLS or connection_class is None:
+        raise ValueError(
+            f"a Redis client with a {type(pool).__name__} of {pool.connection_class.__name__} cannot be copied to "
+            "an asyncio client; give a client for one standalone Redis over TCP or TLS"
+        )
+    settings = pool.connection_kwargs
+    unsupported = [name for name in _SYNC_ONLY_TLS_KWARGS if settings.get(name)]
+    if unsupported:
+        raise ValueError(f"redis-py's asyncio client cannot make the TLS checks {', '.join(unsupported)}")
+    async_pool = redis.asyncio.ConnectionPool(
+        connection_class=connection_class,
+        max_connections=pool.max_connections,
+        **{name: value for name, value in settings.items() if name in _ASYNC_TARGET_KWARGS},
+        **_failing_fast(timeout, AsyncRetry(NoBackoff(), 0)),
+    )
+    return redis.asyncio.Redis.from_pool(async_pool)
+
+
+def _failing_fast(timeout: float, retry: Retry | AsyncRetry) -> dict[str, Any]:
+    """Connection settings of a fail-fast client: ``timeout`` to connect and read, no retry, bytes."""
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": retry,
+        "retry_on_timeout": False,
+        "retry_on_error": [],
+        "decode_responses": False,
+    }
 
 
 def _warn_not_converted(client: object) -> None:

@@ -90,11 +90,14 @@ class RunLogs(StoreBase):
                 },
             )
 
-    def get_run_log(self, run_id: str) -> list[RunLog]:
-        """Every (credential, resource) row of ``run_id``, sorted by credential then resource."""
+    def get_run_log(self, run_id: str, credential: str | None = None) -> list[RunLog]:
+        """Every (credential, resource) row of ``run_id`` (only ``credential``'s if given), sorted by
+        credential then resource."""
         log = self.tables.sync_log
-        query = select_fields(RunLog, log).where(log.c.run_id == run_id).order_by(log.c.credential, log.c.resource)
-        return self._fetch_all(RunLog, query)
+        query = select_fields(RunLog, log).where(log.c.run_id == run_id)
+        if credential is not None:
+            query = query.where(log.c.credential == credential)
+        return self._fetch_all(RunLog, query.order_by(log.c.credential, log.c.resource))
 
     def running_runs(self, credential: str, resource: str) -> list[RunLog]:
         """The rows of ``credential`` and ``resource`` that still say ``running``, oldest first."""

@@ -8,7 +8,10 @@ The rules, in order:
    each resource gets a ``skipped`` run-log row and nothing is called, so ServiceTitan is not asked
    again with a secret it rejected (account lock-outs). A changed secret is tried again.
 3. Each resource syncs from its checkpoint. A rejected credential stops the run and needs
-   attention; any other failure is recorded and the other resources still sync.
+   attention. An open circuit breaker (or a rate limit that outlasted the retries) stops it too:
+   the other resources share that breaker and tenant, so calling them would only wait or be
+   refused; the caller can wait for the breaker without holding a worker (``held_back_for``). Any
+   other failure is recorded and the other resources still sync.
 4. A failed or unlicensed (skipped) resource leaves the credential ``degraded``, naming them; the
    first failure is handed back so the caller can retry the run. Otherwise it is ``ok``, and the
    incidents of :data:`RESOLVED_BY_A_CLEAN_SYNC` are over.
@@ -27,7 +30,14 @@ from typing import Literal, Protocol
 
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
-from airflow_provider_servicetitan.errors import CredentialValidationError, InvalidCredentialsError
+from airflow_provider_servicetitan.errors import (
+    CircuitBreakerOpenError,
+    CredentialValidationError,
+    InvalidCredentialsError,
+    RateLimitExceededError,
+    root_cause,
+)
+from airflow_provider_servicetitan.storage.models import RunLog
 from airflow_provider_servicetitan.storage.store import SyncStore
 from airflow_provider_servicetitan.sync.engine import ResourceSummary, SyncEvents, sync_resource
 from airflow_provider_servicetitan.sync.reexport import Reexport
@@ -68,6 +78,10 @@ class CredentialOutcome:
         failure, to raise so the run is retried (``None`` when resources were only skipped).
     :param resolves: kinds of incident this run ended (see :data:`RESOLVED_BY_A_CLEAN_SYNC`).
     :param tenant_id: the credential's tenant, once the client was built.
+    :param run_log: the credential's sync-log rows of this run, by resource, read when it ended:
+        the counts of every try of the run so far, as ``sync_log`` holds them.
+    :param not_attempted: resources left alone because the circuit was open or the tenant rate
+        limited (see :attr:`held_back_for`).
     """
 
     kind: OutcomeKind
@@ -77,15 +91,37 @@ class CredentialOutcome:
     error: Exception | None = None
     resolves: tuple[str, ...] = ()
     tenant_id: int | None = None
+    run_log: Mapping[str, RunLog] = dataclass_field(default_factory=dict)
+    not_attempted: tuple[str, ...] = ()
 
     @property
     def degraded_resources(self) -> list[str]:
         """The resources that failed or were skipped."""
         return [name for name, summary in self.summaries.items() if summary.status in _DEGRADING]
 
+    @property
+    def held_back_for(self) -> float | None:
+        """Seconds until ServiceTitan may be called again, when the run stopped on an open circuit
+        breaker or a rate limit; ``None`` when it did not."""
+        return wait_asked_by(self.error) if self.error is not None else None
+
     def summary_dict(self) -> dict[str, dict[str, object]]:
-        """The summaries, JSON-ready: ``{resource: {status, pages, processed, ...}}``."""
-        return {name: summary.as_dict() for name, summary in self.summaries.items()}
+        """The run's sync-log rows of this credential, JSON-ready, with the same counters as
+        ``sync_log``: ``{resource: {status, message, pages, records_processed, ...}}``."""
+        return {
+            name: {"status": row.status, "message": row.message, **row.counters()} for name, row in self.run_log.items()
+        }
+
+
+def wait_asked_by(error: BaseException) -> float | None:
+    """How long ``error`` (or the error the retries gave up on) says to leave ServiceTitan alone:
+    the time until an open breaker admits a probe, or a 429's ``Retry-After``; ``None`` otherwise."""
+    cause = root_cause(error)
+    if isinstance(cause, CircuitBreakerOpenError):
+        return cause.retry_after
+    if isinstance(cause, RateLimitExceededError):
+        return cause.retry_after or 0.0
+    return None
 
 
 def sync_credential(
@@ -133,9 +169,11 @@ def sync_credential(
         on_connect(client)
 
     summaries: dict[str, ResourceSummary] = {}
-    first_error: Exception | None = None
-    for resource in resources:
+    # The error handed back: the first failure, or the one that held the run back (it says how long).
+    handed_back: Exception | None = None
+    for position, resource in enumerate(resources):
         started = clock()
+        held_back = False
         try:
             summaries[resource] = sync_resource(
                 client,
@@ -154,20 +192,62 @@ def sync_credential(
         except Exception as error:
             if on_error is not None:
                 on_error(error)
-            log.warning("Sync of %s failed (%s); continuing with the other resources", resource, error)
             summaries[resource] = ResourceSummary(resource, "failed", message=f"{type(error).__name__}: {error}")
-            first_error = first_error or error
+            held_back = wait_asked_by(error) is not None
+            handed_back = error if held_back else handed_back or error
+            log.warning(
+                "Sync of %s failed (%s); %s",
+                resource,
+                error,
+                "leaving the other resources for later" if held_back else "continuing with the other resources",
+            )
         if on_resource is not None:
             on_resource(summaries[resource], clock() - started)
+        if held_back:
+            return _degraded(
+                store, credential, fingerprint, run_id, client, summaries, handed_back, resources[position + 1 :]
+            )
 
     if any(summary.status in _DEGRADING for summary in summaries.values()):
-        reason = "; ".join(f"{s.resource}: {s.message}" for s in summaries.values() if s.status != "success")
-        store.set_credential_status(credential, "degraded", reason, fingerprint)
-        return CredentialOutcome(
-            "degraded", reason=reason, summaries=summaries, error=first_error, tenant_id=client.tenant_id
-        )
+        return _degraded(store, credential, fingerprint, run_id, client, summaries, handed_back, ())
     store.set_credential_status(credential, "ok", None, fingerprint)
-    return CredentialOutcome("ok", summaries=summaries, resolves=RESOLVED_BY_A_CLEAN_SYNC, tenant_id=client.tenant_id)
+    return CredentialOutcome(
+        "ok",
+        summaries=summaries,
+        resolves=RESOLVED_BY_A_CLEAN_SYNC,
+        tenant_id=client.tenant_id,
+        run_log=_run_log(store, run_id, credential),
+    )
+
+
+def _degraded(
+    store: SyncStore,
+    credential: str,
+    fingerprint: str,
+    run_id: str,
+    client: ServiceTitanClient,
+    summaries: Mapping[str, ResourceSummary],
+    error: Exception | None,
+    not_attempted: Sequence[str],
+) -> CredentialOutcome:
+    reasons = [f"{s.resource}: {s.message}" for s in summaries.values() if s.status != "success"]
+    if not_attempted:
+        reasons.append(f"not attempted until ServiceTitan may be called again: {', '.join(not_attempted)}")
+    reason = "; ".join(reasons)
+    store.set_credential_status(credential, "degraded", reason, fingerprint)
+    return CredentialOutcome(
+        "degraded",
+        reason=reason,
+        summaries=summaries,
+        error=error,
+        tenant_id=client.tenant_id,
+        run_log=_run_log(store, run_id, credential),
+        not_attempted=tuple(not_attempted),
+    )
+
+
+def _run_log(store: SyncStore, run_id: str, credential: str) -> dict[str, RunLog]:
+    return {row.resource: row for row in store.get_run_log(run_id, credential)}
 
 
 def _known_bad_reason(store: SyncStore, credential: str, fingerprint: str) -> str | None:

@@ -6,6 +6,7 @@ runs and removes the directory, whatever state the test left it in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from tests.helpers import local_servers
 
 _START_TIMEOUT = 30.0
 _POLL = 0.02
@@ -40,10 +43,11 @@ class PrivateRedis:
     of a cache-only Redis."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ServerUnavailable("redis-server is not installed (e.g. apt-get install redis-server)")
-        self._binary = binary
+        try:  # redis-server (or valkey-server) on PATH, else the one the `servers` extra ships
+            binary, _how = local_servers.redis_binary()
+        except local_servers.ServerUnavailable as missing:
+            raise ServerUnavailable(str(missing)) from None
+        self._binary = str(binary)
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="st-chaos-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
@@ -175,6 +179,9 @@ def _postgres_bin_dir() -> Path:
     for candidate in candidates:
         if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
             return candidate
+    if not configured:  # the binaries the `servers` extra ships
+        with contextlib.suppress(local_servers.ServerUnavailable):
+            return local_servers.postgres_bindir(system=False)[0]
     raise ServerUnavailable(
         f"initdb and pg_ctl were not found in {looked_in}; install PostgreSQL's server package "
         "or set SERVICETITAN_TEST_PG_BINDIR to the directory that holds them"

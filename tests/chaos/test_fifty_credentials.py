@@ -26,13 +26,13 @@ def test_fifty_credentials_in_one_dag_run(chaos_row, operator_env, monkeypatch):
     env = operator_env(tenants=CREDENTIALS, records=20, export_page_size=10)
     settings = {
         "SERVICETITAN_WAREHOUSE_CONN_ID": env.warehouse.conn_id,
-        "SERVICETITAN_REDIS_CONN_ID": env.redis_conn_id,
-        "SERVICETITAN_REDIS_NAMESPACE": env.redis_namespace,
+        "AIRFLOW__SERVICETITAN__REDIS_CONN_ID": env.redis_conn_id,
+        "AIRFLOW__SERVICETITAN__REDIS_NAMESPACE": env.redis_namespace,
         "SERVICETITAN_TABLE_PREFIX": env.warehouse.table_prefix,
     }
     dag = load_dag_module(monkeypatch, settings).dag
     # The DAG's retries wait minutes; here they come back at once (the outage credential uses them).
-    for task_id in ("sync", "recover"):
+    for task_id in ("credential.sync", "credential.recover"):
         dag.get_task(task_id).retry_delay = timedelta(0)
         dag.get_task(task_id).retry_exponential_backoff = 0
     register(dag)
@@ -51,7 +51,7 @@ def test_fifty_credentials_in_one_dag_run(chaos_row, operator_env, monkeypatch):
     dag_run = dag.test()
 
     tis = {(ti.task_id, ti.map_index): ti for ti in dag_run.get_task_instances()}
-    sync = {index: tis[("sync", index)] for index in range(CREDENTIALS)}
+    sync = {index: tis[("credential.sync", index)] for index in range(CREDENTIALS)}
     stats = env.sandbox.admin.stats()
     with env.warehouse.store() as store:
         healthy = audit(
@@ -84,7 +84,9 @@ def test_fifty_credentials_in_one_dag_run(chaos_row, operator_env, monkeypatch):
     assert stats["requests_by_status"].get("400") == len(WRONG_SECRET)
     # The tenant in outage: retried by Airflow, then failed and degraded; nothing half-written.
     assert sync[IN_OUTAGE].state == "failed"
-    assert sync[IN_OUTAGE].try_number == 1 + dag.get_task("sync").partial_kwargs["retries"]
+    assert sync[IN_OUTAGE].try_number == 1 + dag.get_task("credential.sync").retries
     assert status[IN_OUTAGE].status == "degraded"
     assert unhealthy.in_warehouse == 0
     assert tis[("report", -1)].state == "success"
+    # ...and the run says some credentials failed.
+    assert (dag_run.state, tis[("all_credentials_synced", -1)].state) == ("failed", "upstream_failed")

@@ -4,7 +4,8 @@ Airflow connections (``AIRFLOW_CONN_*`` environment variables, inherited by spaw
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,9 @@ from .servers import SmtpReceiver, WebhookReceiver
 WEBHOOK_CONN_ID = "st_alert_webhook"
 SMTP_CONN_ID = "st_alert_smtp"
 LOG_URL = "http://airflow.example/dags/servicetitan_sync/runs/manual__1/tasks/sync/mapped/0?try_number=4"
+RUN_STARTED = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
+# The notifiers' clock: failures happen 16 minutes after the DAG run started.
+FAILED_AT = RUN_STARTED + timedelta(minutes=16)
 
 
 @pytest.fixture
@@ -51,6 +55,7 @@ def make_notifier(
             "webhook_conn_id": WEBHOOK_CONN_ID,
             "redis_conn_id": redis_connection,
             "namespace": key_prefix,
+            "clock": lambda: FAILED_AT,
             **kwargs,
         }
         return ServiceTitanAlertNotifier(**settings)
@@ -67,7 +72,15 @@ class TaskInstance:
     run_id: str = "manual__1"
     map_index: int = 0
     try_number: int = 4
+    max_tries: int = 3
     log_url: str = LOG_URL
+
+
+@dataclass
+class DagRun:
+    """What a failure callback reads from Airflow's ``dag_run``."""
+
+    start_date: datetime | None = field(default=RUN_STARTED)
 
 
 @dataclass
@@ -79,7 +92,13 @@ class Task:
 
 
 def failure_context(
-    exception: BaseException, *, task: object | None = None, ti: object | None = None
+    exception: BaseException, *, task: object | None = None, ti: object | None = None, dag_run: object | None = None
 ) -> dict[str, Any]:
     """The context Airflow passes to ``on_failure_callback``, reduced to what the notifier reads."""
-    return {"exception": exception, "ti": ti or TaskInstance(), "task": task or Task(), "run_id": "manual__1"}
+    return {
+        "exception": exception,
+        "ti": ti or TaskInstance(),
+        "task": task or Task(),
+        "dag_run": dag_run or DagRun(),
+        "run_id": "manual__1",
+    }

@@ -110,3 +110,38 @@ def test_as_dict_is_json_ready() -> None:
     assert json.loads(json.dumps(data)) == data
     assert data["kind"] == "retries_exhausted"
     assert data["resolves"] is None
+
+
+def resolved(**changes: object) -> Alert:
+    return make_alert(
+        kind="resolved",
+        error_class=None,
+        trace_id=None,
+        details={},
+        summary="servicetitan_acme works again.",
+        **changes,
+    )
+
+
+def test_an_all_clear_as_sent_names_every_incident_it_closed() -> None:
+    sent = resolved(resolves=("retries_exhausted", "circuit_opened")).closing(["circuit_opened", "retries_exhausted"])
+
+    assert sent.summary == (
+        "servicetitan_acme works again. Closed its open incidents: Circuit breaker opened, Retries exhausted."
+    )
+    assert sent.resolves == (AlertKind.CIRCUIT_OPENED, AlertKind.RETRIES_EXHAUSTED)
+    assert sent.details == {"closed": "circuit_opened, retries_exhausted"}
+    assert sent.as_dict()["resolves"] == ["circuit_opened", "retries_exhausted"]
+
+
+def test_an_all_clear_names_a_kind_it_does_not_know_as_it_is() -> None:
+    sent = resolved().closing(["a_future_kind"])
+
+    assert sent.summary.endswith("Closed its open incidents: a_future_kind.")
+    assert sent.resolves is None
+
+
+@pytest.mark.parametrize("resolves", [(), ("resolved",), ("no_such_kind",)])
+def test_an_all_clear_resolves_kinds_of_incidents(resolves: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - AlertKind's own message for an unknown kind
+        resolved(resolves=resolves)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -21,6 +22,7 @@ from airflow_provider_servicetitan.errors import (
 )
 from airflow_provider_servicetitan.notifications import (
     AlertKind,
+    TaskTries,
     alert_from_exception,
     alert_from_transition,
     dead_letter_alert,
@@ -113,11 +115,81 @@ def test_exhausted_retries_name_the_last_error_and_its_trace_id() -> None:
     assert alert is not None
     assert alert.kind is AlertKind.RETRIES_EXHAUSTED
     assert (alert.error_class, alert.trace_id, alert.breaker_state) == ("ServiceTitanServerError", "trace-abc", None)
-    assert "5 attempts" in alert.summary
+    assert alert.summary.startswith("Gave up on ServiceTitan: the calls gave up after 5 attempts; the last error")
     assert "checkpoint" in alert.system_action
     assert "traceId" in alert.human_action
-    assert alert.details == {"attempts": 5}
+    assert alert.details == {"call_attempts": 5}
     assert alert.incident_key == f"{CRED}|retries_exhausted|ServiceTitanServerError"
+
+
+STARTED = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
+
+
+def test_exhausted_retries_count_the_airflow_task_tries_and_the_time_since_the_run_started() -> None:
+    tries = TaskTries(try_number=4, max_tries=3, run_started_at=STARTED, failed_at=STARTED + timedelta(minutes=16))
+
+    alert = alert_from_exception(RetryExhaustedError(2, server_error()), credential=CRED, task_tries=tries)
+
+    assert alert is not None
+    assert alert.summary.startswith(
+        "Gave up on ServiceTitan after 4 Airflow task tries (try 4 of 4; the DAG run started 16 min ago). "
+        "The last try's calls gave up after 2 attempts; the last error was ServiceTitanServerError"
+    )
+    assert alert.system_action.startswith(
+        "Retried the calls with exponential backoff and jitter in each of the 4 task tries;"
+    )
+    assert "Tried" not in alert.summary + alert.system_action
+    assert alert.details == {"call_attempts": 2}
+
+
+def test_a_task_without_retries_says_it_had_one_try() -> None:
+    alert = alert_from_exception(RetryExhaustedError(5, server_error()), credential=CRED, task_tries=TaskTries(1, 0))
+
+    assert alert is not None
+    assert alert.summary.startswith("Gave up on ServiceTitan after 1 Airflow task try (try 1 of 1). The last try's")
+    assert alert.system_action.startswith("Retried the calls with exponential backoff and jitter in its only task try;")
+
+
+def test_an_open_breaker_in_the_last_try_is_told_after_the_task_tries() -> None:
+    tries = TaskTries(try_number=2, max_tries=3)
+    error = RetryExhaustedError(3, CircuitBreakerOpenError("tenant-1234-abcd", retry_after=42.0))
+
+    alert = alert_from_exception(error, credential=CRED, task_tries=tries)
+
+    assert alert is not None
+    assert alert.summary.startswith(
+        "Gave up on ServiceTitan after 2 Airflow task tries (try 2 of 4). The last try's calls gave up after "
+        "3 attempts: the circuit breaker 'tenant-1234-abcd' is open"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tries", "told"),
+    [
+        (TaskTries(try_number=1), "1 Airflow task try"),
+        (TaskTries(try_number=1, max_tries=0), "1 Airflow task try (try 1 of 1)"),
+        (
+            TaskTries(try_number=8, max_tries=7, run_started_at=STARTED, failed_at=STARTED + timedelta(seconds=45)),
+            "8 Airflow task tries (try 8 of 8; the DAG run started 45 s ago)",
+        ),
+        (
+            TaskTries(try_number=3, run_started_at=STARTED, failed_at=STARTED + timedelta(hours=2, minutes=5)),
+            "3 Airflow task tries (the DAG run started 2 h 5 min ago)",
+        ),
+        (
+            TaskTries(try_number=3, run_started_at=STARTED, failed_at=STARTED + timedelta(days=1, hours=3)),
+            "3 Airflow task tries (the DAG run started 1 d 3 h ago)",
+        ),
+        (
+            TaskTries(try_number=2, run_started_at=STARTED, failed_at=STARTED - timedelta(seconds=3)),
+            "2 Airflow task tries (the DAG run started 0 s ago)",
+        ),
+        (TaskTries(try_number=2, run_started_at=STARTED), "2 Airflow task tries"),
+    ],
+    ids=["alone", "no-retries", "seconds", "hours", "days", "clock-behind", "no-failure-time"],
+)
+def test_task_tries_are_told_as_far_as_they_are_known(tries: TaskTries, told: str) -> None:
+    assert tries.describe() == told
 
 
 def test_exhausted_retries_against_an_open_breaker_say_so() -> None:
@@ -212,13 +284,17 @@ def test_dead_letter_alert_counts_and_points_to_the_table() -> None:
 def test_resolved_alert_names_what_it_resolves() -> None:
     everything = resolved_alert(CRED)
     one_kind = resolved_alert(CRED, "retries_exhausted")
+    two_kinds = resolved_alert(CRED, [AlertKind.CIRCUIT_OPENED, "retries_exhausted", "circuit_opened"])
 
-    assert everything.kind is one_kind.kind is AlertKind.RESOLVED
+    assert everything.kind is one_kind.kind is two_kinds.kind is AlertKind.RESOLVED
     assert everything.resolves is None
-    assert one_kind.resolves is AlertKind.RETRIES_EXHAUSTED
-    assert everything.incident_key != one_kind.incident_key
+    assert one_kind.resolves == (AlertKind.RETRIES_EXHAUSTED,)
+    assert two_kinds.resolves == (AlertKind.CIRCUIT_OPENED, AlertKind.RETRIES_EXHAUSTED)
+    assert len({everything.incident_key, one_kind.incident_key, two_kinds.incident_key}) == 3
     with pytest.raises(ValueError, match="resolved"):
         resolved_alert(CRED, "resolved")
+    with pytest.raises(ValueError, match="None for all"):
+        resolved_alert(CRED, [])
 
 
 def test_alerts_from_real_failures_hold_no_secret(start_sandbox, make_client) -> None:

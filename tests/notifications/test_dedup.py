@@ -130,6 +130,27 @@ def test_open_incidents_are_closed_once_and_end_their_windows(make_dedup) -> Non
     assert second.first_in_window(INCIDENT)
 
 
+def test_several_kinds_close_in_one_step_with_their_windows(make_dedup, redis_client) -> None:
+    dedup = make_dedup()
+    incidents = {
+        "retries_exhausted": INCIDENT,
+        "circuit_opened": f"{CRED}|circuit_opened|tenant-1",
+        "dead_letters_over_threshold": f"{CRED}|dead_letters_over_threshold|",
+    }
+    for kind, incident in incidents.items():
+        assert dedup.first_in_window(incident, credential=CRED, kind=kind)
+
+    closed = make_dedup().close_incidents(CRED, ["retries_exhausted", "circuit_opened", "needs_attention"])
+
+    assert closed == ["circuit_opened", "retries_exhausted"]
+    assert dedup.open_incidents(CRED) == ["dead_letters_over_threshold"]
+    assert redis_client.exists(dedup.alert_key(incidents["retries_exhausted"])) == 0
+    assert redis_client.exists(dedup.alert_key(incidents["circuit_opened"])) == 0
+    assert redis_client.exists(dedup.alert_key(incidents["dead_letters_over_threshold"])) == 1
+    assert dedup.close_incidents(CRED, []) == [], "no kind named: nothing closed (not all)"
+    assert dedup.open_incidents(CRED) == ["dead_letters_over_threshold"]
+
+
 def test_racing_resolutions_close_an_incident_exactly_once(make_dedup) -> None:
     dedups = [make_dedup() for _ in range(8)]
     dedups[0].first_in_window(INCIDENT, credential=CRED, kind="retries_exhausted")
@@ -159,6 +180,12 @@ def test_unreachable_redis_warns_once_and_deduplicates_in_process(caplog) -> Non
         assert dedup.open_incidents(CRED) == ["circuit_opened", "retries_exhausted"]
         assert dedup.close_incidents(CRED, "retries_exhausted") == ["retries_exhausted"]
         assert dedup.first_in_window(INCIDENT)
+        dedup.first_in_window("a third", credential=CRED, kind="needs_attention")
+        assert dedup.close_incidents(CRED, ["circuit_opened", "needs_attention"]) == [
+            "circuit_opened",
+            "needs_attention",
+        ]
+        assert dedup.open_incidents(CRED) == []
 
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1

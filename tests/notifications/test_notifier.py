@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
@@ -22,9 +23,19 @@ from airflow_provider_servicetitan.notifications import (
     resolved_alert,
 )
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
+from airflow_provider_servicetitan.sync.credential import RESOLVED_BY_A_CLEAN_SYNC
 from tests.helpers import set_connection
 
-from .conftest import LOG_URL, SMTP_CONN_ID, WEBHOOK_CONN_ID, Task, TaskInstance, failure_context
+from .conftest import (
+    FAILED_AT,
+    LOG_URL,
+    SMTP_CONN_ID,
+    WEBHOOK_CONN_ID,
+    DagRun,
+    Task,
+    TaskInstance,
+    failure_context,
+)
 from .servers import closed_port
 
 NOTIFIER_LOGGER = "airflow_provider_servicetitan.notifications.notifier"
@@ -53,13 +64,39 @@ def test_a_failure_callback_sends_one_alert_with_everything_a_person_needs(make_
         "Retries exhausted",
         "ServiceTitanServerError",
         "traceId trace-abc",
-        "*What the system did:* Tried 5 times",
+        "*What happened:* Gave up on ServiceTitan after 4 Airflow task tries (try 4 of 4; the DAG run started "
+        "16 min ago). The last try's calls gave up after 5 attempts; the last error was ServiceTitanServerError",
+        "*What the system did:* Retried the calls with exponential backoff and jitter in each of the 4 task tries",
         "*What to do:* Check ServiceTitan's status",
         LOG_URL,
         "dag_id=servicetitan_sync, task_id=sync, run_id=manual__1, map_index=0, try_number=4",
     ):
         assert expected in text
     assert [block["type"] for block in body["blocks"]] == ["header", "section"]
+
+
+@pytest.mark.parametrize(
+    ("ti", "dag_run", "told"),
+    [
+        (
+            TaskInstance(try_number=2, max_tries=5),
+            DagRun(FAILED_AT - timedelta(seconds=45)),
+            "after 2 Airflow task tries (try 2 of 6; the DAG run started 45 s ago).",
+        ),
+        (
+            TaskInstance(try_number=1, max_tries=0),
+            DagRun(None),
+            "after 1 Airflow task try (try 1 of 1). The last try's calls gave up after 5 attempts",
+        ),
+        (Task(), DagRun(), "Gave up on ServiceTitan: the calls gave up after 5 attempts;"),
+    ],
+    ids=["retried", "run-without-start", "no-try-number"],
+)
+def test_the_task_tries_come_from_the_callback_context(make_notifier, webhook, ti, dag_run, told) -> None:
+    make_notifier()(failure_context(exhausted(), ti=ti, dag_run=dag_run))
+
+    [text] = webhook.texts
+    assert told in text
 
 
 def test_the_alert_is_logged_at_error(make_notifier, caplog) -> None:
@@ -164,6 +201,50 @@ def test_resolved_of_one_kind_leaves_the_others_open(make_notifier, webhook) -> 
 
     assert notifier.dedup.open_incidents(CRED) == ["retries_exhausted"]
     assert len(webhook.bodies) == 3
+
+
+def test_one_recovery_sends_one_resolved_naming_every_open_kind(make_notifier, webhook) -> None:
+    notifier = make_notifier()
+    notifier.send(alert_from_exception(exhausted(), credential=CRED))
+    notifier.send(alert_from_exception(InvalidCredentialsError(status=401, title="invalid_client"), credential=CRED))
+    notifier.send(dead_letter_alert(CRED, 80, 50))
+    breaker = CircuitBreaker("tenant-1234", None, BreakerConfig(failure_threshold=1))
+    breaker.add_listener(notifier.transition_listener(CRED))
+    with pytest.raises(ServiceTitanServerError):
+        breaker.call(raise_server_error)
+    before = len(webhook.bodies)
+
+    assert make_notifier().resolve(CRED, RESOLVED_BY_A_CLEAN_SYNC, tenant_id=1234)
+    assert not notifier.resolve(CRED, RESOLVED_BY_A_CLEAN_SYNC, tenant_id=1234)
+
+    [text] = webhook.texts[before:]
+    assert text.split("\n", 1)[0] == f"*[ServiceTitan] Resolved: {CRED} (tenant 1234)*"
+    assert (
+        f"*What happened:* {CRED} works again. Closed its open incidents: Circuit breaker opened, "
+        "Credential needs attention, Retries exhausted." in text
+    )
+    assert notifier.dedup.open_incidents(CRED) == ["dead_letters_over_threshold"]
+    assert notifier.send(alert_from_exception(exhausted(), credential=CRED)), "a new failure alerts again"
+
+
+def test_resolve_sends_nothing_when_none_of_the_kinds_is_open(make_notifier, webhook) -> None:
+    notifier = make_notifier()
+    notifier.send(dead_letter_alert(CRED, 80, 50))
+
+    assert not notifier.resolve(CRED, RESOLVED_BY_A_CLEAN_SYNC)
+    assert not notifier.resolve(CRED, [])
+    assert not notifier.resolve("servicetitan_never_alerted", RESOLVED_BY_A_CLEAN_SYNC)
+
+    assert len(webhook.bodies) == 1
+    assert notifier.dedup.open_incidents(CRED) == ["dead_letters_over_threshold"]
+
+
+def test_resolve_of_an_unknown_kind_is_logged_and_never_raises(make_notifier, webhook, caplog) -> None:
+    with caplog.at_level(logging.ERROR, logger=NOTIFIER_LOGGER):
+        assert not make_notifier().resolve(CRED, ["no_such_kind"])
+
+    assert webhook.bodies == []
+    assert "could not resolve the ServiceTitan incidents of servicetitan_acme" in caplog.text
 
 
 def test_a_breaker_that_opens_alerts_once_for_every_worker(make_notifier, webhook, redis_client, key_prefix) -> None:

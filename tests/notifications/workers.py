@@ -21,3 +21,13 @@ def send_together(settings: dict[str, Any], alert: Alert, barrier: Barrier, resu
     notifier.dedup.open_incidents(alert.credential)  # connected before the race starts
     barrier.wait(TIMEOUT)
     results.put(notifier.send(alert))
+
+
+def resolve_together(
+    settings: dict[str, Any], credential: str, kinds: list[str], barrier: Barrier, results: Queue[Any]
+) -> None:
+    """Build a notifier (connecting to Redis), wait for every worker, then resolve the same incidents."""
+    notifier = ServiceTitanAlertNotifier(**settings)
+    notifier.dedup.open_incidents(credential)  # connected before the race starts
+    barrier.wait(TIMEOUT)
+    results.put(notifier.resolve(credential, kinds))

@@ -157,9 +157,9 @@ def test_reexport_from_scratch_brings_back_lost_records_once_and_only_where_aske
     reexported = env.run(sync_dag(env, conn_id, reexport_from="start", reexport_resources=["customers"]))
 
     summaries = returned(reexported, f"sync_{conn_id}")
-    assert summaries["customers"]["processed"] == summaries["customers"]["successful"] == len(truth)
+    assert summaries["customers"]["records_processed"] == summaries["customers"]["records_successful"] == len(truth)
     assert summaries["customers"]["message"] == "re-exported from start"
-    assert summaries["jobs"]["processed"] == 0
+    assert summaries["jobs"]["records_processed"] == 0
     assert env.stored(0, "customers") == truth
     assert env.stored(0, "jobs") == {}
     with closing(env.warehouse.store()) as store:
@@ -169,7 +169,7 @@ def test_reexport_from_scratch_brings_back_lost_records_once_and_only_where_aske
 
     after = env.run(sync_dag(env, conn_id))
 
-    assert returned(after, f"sync_{conn_id}")["customers"]["processed"] == 0
+    assert returned(after, f"sync_{conn_id}")["customers"]["records_processed"] == 0
 
 
 def test_reexport_from_a_day_reads_the_changes_since_that_day(operator_env):
@@ -183,7 +183,7 @@ def test_reexport_from_a_day_reads_the_changes_since_that_day(operator_env):
     reexported = env.run(sync_dag(env, conn_id, reexport_from="2024-06-01", reexport_resources="customers"))
 
     summary = returned(reexported, f"sync_{conn_id}")["customers"]
-    assert summary["processed"] == len(changed_since)
+    assert summary["records_processed"] == len(changed_since)
     assert summary["message"] == "re-exported from 2024-06-01"
     assert env.stored(0, "customers") == since
 
@@ -222,9 +222,10 @@ def test_an_interrupted_reexport_is_resumed_by_the_retry_of_its_run(operator_env
 
     ti = dagrun.get_task_instance(f"sync_{conn_id}")
     assert (ti.state, ti.try_number) == ("success", 2)
-    # Try 1: customers page 1, its 429s, and jobs (caught up: one request). Try 2: customers from
-    # page 2 on (a restart would read page 1 again, the old checkpoint none at all), and jobs.
-    assert export_requests(env) - before == (1 + IN_CALL_ATTEMPTS + 1) + (pages - 1 + 1)
+    # Try 1: customers page 1 and its 429s; jobs is left for later (the tenant is rate limited).
+    # Try 2: customers from page 2 on (a restart would read page 1 again, the old checkpoint none at
+    # all), and jobs (caught up: one request).
+    assert export_requests(env) - before == (1 + IN_CALL_ATTEMPTS) + (pages - 1 + 1)
     assert env.stored(0, "customers") == truth
     with closing(env.warehouse.store()) as store:
         (row,) = [row for row in store.get_run_log(dagrun.run_id) if row.resource == "customers"]
@@ -257,7 +258,7 @@ def test_an_interrupted_reexport_is_finished_by_the_next_run_not_dropped(operato
 
     finished = env.run(sync_dag(env, conn_id))
 
-    assert returned(finished, f"sync_{conn_id}")["customers"]["processed"] == len(truth) - PAGE_SIZE
+    assert returned(finished, f"sync_{conn_id}")["customers"]["records_processed"] == len(truth) - PAGE_SIZE
     assert env.stored(0, "customers") == truth
 
 
@@ -267,8 +268,8 @@ def test_the_dag_reexports_only_the_named_resource_of_the_named_connection(opera
         monkeypatch,
         {
             "SERVICETITAN_WAREHOUSE_CONN_ID": env.warehouse.conn_id,
-            "SERVICETITAN_REDIS_CONN_ID": env.redis_conn_id,
-            "SERVICETITAN_REDIS_NAMESPACE": env.redis_namespace,
+            "AIRFLOW__SERVICETITAN__REDIS_CONN_ID": env.redis_conn_id,
+            "AIRFLOW__SERVICETITAN__REDIS_NAMESPACE": env.redis_namespace,
             "SERVICETITAN_TABLE_PREFIX": env.warehouse.table_prefix,
         },
     ).dag
@@ -290,10 +291,10 @@ def test_the_dag_reexports_only_the_named_resource_of_the_named_connection(opera
     )
 
     assert reexported.state == "success"
-    named, other = (returned(reexported, "sync", map_index=index) for index in range(2))
-    assert named["customers"]["processed"] == len(env.truth(0, "customers"))
-    assert named["jobs"]["processed"] == 0
-    assert other["customers"]["processed"] == 0
+    named, other = (returned(reexported, "credential.sync", map_index=index) for index in range(2))
+    assert named["customers"]["records_processed"] == len(env.truth(0, "customers"))
+    assert named["jobs"]["records_processed"] == 0
+    assert other["customers"]["records_processed"] == 0
     assert env.stored(0, "customers") == env.truth(0, "customers")
     assert env.stored(1, "customers") == {}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import closing
 from datetime import timedelta
 
+from airflow_provider_servicetitan.notifications import dead_letter_alert
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
 from airflow_provider_servicetitan.operators.report import ServiceTitanReportOperator
 from airflow_provider_servicetitan.storage import INTERRUPTED, RunOwner
@@ -67,6 +68,27 @@ def test_records_without_an_id_need_a_person_from_the_first_run_and_are_alerted(
     assert (totals["open_dead_letters"], totals["needs_attention"]) == (len(without_id), len(without_id))
     # Still the same incident: not alerted twice, and not resolved while a person is needed.
     assert len(webhook.texts) == 1
+
+
+def test_a_credential_back_under_the_threshold_is_resolved_once(operator_env, webhook):
+    env = operator_env()
+    conn_id = env.connect(0)
+    notifier = ServiceTitanAlertNotifier(
+        webhook_conn_id=WEBHOOK_CONN_ID, redis_conn_id=env.redis_conn_id, namespace=env.redis_namespace
+    )
+    assert notifier.send(dead_letter_alert(conn_id, 80, 50)), "an earlier run alerted"
+    dag = env.dag()
+    with dag:
+        env.sync(conn_id, servicetitan_resources=RESOURCES, retries=0) >> report(env, conn_id, notifier=notifier)
+
+    first = env.run(dag)
+    env.run(dag, first.logical_date + timedelta(hours=1))
+
+    alerted, resolved = webhook.texts
+    assert alerted.startswith(f"*[ServiceTitan] Too many failed records: {conn_id}*")
+    assert resolved.startswith(f"*[ServiceTitan] Resolved: {conn_id}*")
+    assert "Closed its open incidents: Too many failed records." in resolved
+    assert notifier.dedup.open_incidents(conn_id) == []
 
 
 def test_the_report_shows_the_earlier_runs_its_syncs_found_interrupted(operator_env):

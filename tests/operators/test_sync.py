@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from airflow_provider_servicetitan.storage.models import RUN_COUNTERS
+
 RESOURCES = ["customers", "jobs", "invoices"]
-SUMMARY_KEYS = {"resource", "status", "pages", "processed", "successful", "failed", "message"}
+SUMMARY_KEYS = {"status", "message", *RUN_COUNTERS}
 # Airflow retries without waiting, so a retry that should not happen shows up as try_number 2, not as a hang.
 IMMEDIATE_RETRIES = {"retry_delay": timedelta(0), "retry_exponential_backoff": 0}
 
@@ -52,8 +54,8 @@ def test_full_sync_of_two_tenants_equals_the_truth(operator_env):
             summary = result[resource]
             assert set(summary) == SUMMARY_KEYS
             assert summary["status"] == "success"
-            assert summary["processed"] == summary["successful"] == len(truth)
-            assert summary["failed"] == 0
+            assert summary["records_processed"] == summary["records_successful"] == len(truth)
+            assert summary["records_failed"] == 0
             assert summary["pages"] >= math.ceil(len(truth) / 40)
             pages += summary["pages"]
         text = json.dumps(result)
@@ -92,7 +94,11 @@ def test_second_run_picks_up_exactly_the_changes(operator_env):
     for index in range(2):
         result = returned(dagrun, f"sync_st_tenant_{index}")
         for resource in RESOURCES:
-            assert result[resource]["processed"] == result[resource]["successful"] == changed.get((index, resource), 0)
+            assert (
+                result[resource]["records_processed"]
+                == result[resource]["records_successful"]
+                == changed.get((index, resource), 0)
+            )
             assert result[resource]["pages"] == 1
             assert env.stored(index, resource) == env.truth(index, resource)
     # One export request per (tenant, resource): each feed resumed from its checkpoint.
@@ -122,7 +128,8 @@ def test_rerunning_the_same_run_stores_nothing_twice(operator_env):
     for resource in RESOURCES:
         assert env.stored(0, resource) == snapshot[resource] == env.truth(0, resource)
         assert counts[resource] == len(snapshot[resource])
-        assert returned(again, "sync_st_tenant_0")[resource]["successful"] == 0
+        # The summary is the run's sync log: the second try of the run added nothing to it.
+        assert returned(again, "sync_st_tenant_0")[resource]["records_successful"] == len(snapshot[resource])
     # One log row per resource for the run, its records counted once.
     assert [(row.resource, row.status, row.records_successful) for row in log] == [
         (resource, "success", len(snapshot[resource])) for resource in sorted(RESOURCES)
@@ -231,5 +238,5 @@ def test_retryable_failure_is_retried_by_airflow_and_keeps_the_checkpoints(opera
     resumed = env.run(dag)
 
     assert task_instance(resumed, f"sync_{conn_id}").state == "success"
-    assert returned(resumed, f"sync_{conn_id}")["customers"]["successful"] == 3
+    assert returned(resumed, f"sync_{conn_id}")["customers"]["records_successful"] == 3
     assert env.stored(0, "customers") == env.truth(0, "customers")

@@ -34,6 +34,6 @@ def test_a_mapped_sync_task_has_them_only_from_partial() -> None:
 def test_the_dag_gives_both_per_credential_tasks_the_defaults(monkeypatch) -> None:
     dag = load_dag_module(monkeypatch, {}).dag
 
-    for task_id in ("sync", "recover"):
-        partial_kwargs = dag.get_task(task_id).partial_kwargs
-        assert {name: partial_kwargs[name] for name in CREDENTIAL_TASK_DEFAULTS} == CREDENTIAL_TASK_DEFAULTS
+    for task_id in ("credential.sync", "credential.recover"):
+        task = dag.get_task(task_id)
+        assert {name: getattr(task, name) for name in CREDENTIAL_TASK_DEFAULTS} == CREDENTIAL_TASK_DEFAULTS

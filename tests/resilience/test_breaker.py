@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -566,6 +568,115 @@ def test_force_open_and_reset_fire_listeners(client: redis.Redis | None, key_pre
     ]
     with pytest.raises(ValueError, match="seconds"):
         breaker.force_open(0)
+
+
+def test_request_probe_half_opens_an_open_breaker_at_once_and_a_failed_probe_reopens_with_backoff(
+    client: redis.Redis | None, key_prefix: str, clock: Clock
+) -> None:
+    transitions: list[BreakerTransition] = []
+    breaker = make_breaker(
+        client,
+        key_prefix,
+        clock,
+        transitions=transitions,
+        failure_threshold=1,
+        open_seconds=10,
+        open_backoff_multiplier=3,
+        half_open_max_calls=2,
+    )
+    service = Service()
+    attempt(breaker, service.fail)
+    clock.advance(2)  # 8 s of the open period left
+    assert breaker.request_probe() == "half_open"
+    [opened, requested] = transitions
+    assert (requested.from_state, requested.to_state, requested.reason) == ("open", "half_open", "probe_requested")
+    assert (requested.at, requested.open_until) == (clock.now, None)
+    assert breaker.state == "half_open"
+    first, second = breaker.acquire(), breaker.acquire()  # the usual probe admission: two at a time
+    assert (first.is_probe, second.is_probe) == (True, True)
+    refusal(breaker)
+    first.error(ServiceTitanServerError(status=500))
+    reopened = transitions[-1]
+    assert (reopened.reason, reopened.at, reopened.open_until) == ("probe_failed", clock.now, clock.now + 30)
+    second.success()  # stale: admitted before the re-open
+    assert breaker.state == "open"
+    assert breaker.request_probe() == "half_open"
+    assert attempt(breaker, service.ok) == "ok"
+    assert breaker.state == "closed"
+    assert summary(transitions)[1:] == [
+        ("open", "half_open", "probe_requested"),
+        ("half_open", "open", "probe_failed"),
+        ("open", "half_open", "probe_requested"),
+        ("half_open", "closed", "probe_succeeded"),
+    ]
+    assert opened.open_until == Clock.START + 10
+
+
+def test_request_probe_changes_nothing_when_closed_or_half_open(
+    client: redis.Redis | None, key_prefix: str, clock: Clock
+) -> None:
+    transitions: list[BreakerTransition] = []
+    breaker = make_breaker(client, key_prefix, clock, transitions=transitions, failure_threshold=2, open_seconds=10)
+    service = Service()
+    attempt(breaker, service.fail)
+    assert breaker.request_probe() == "closed"
+    attempt(breaker, service.fail)
+    assert breaker.state == "open"  # the failure before the request still counted
+    clock.advance(10)
+    probe = breaker.acquire()
+    assert breaker.request_probe() == "half_open"
+    assert refusal(breaker).retry_after == 30  # no extra probe: the lease is still held
+    probe.success()
+    assert summary(transitions) == [
+        ("closed", "open", "failure_threshold"),
+        ("open", "half_open", "open_timeout"),
+        ("half_open", "closed", "probe_succeeded"),
+    ]
+
+
+def test_sixteen_callers_after_request_probe_admit_one_probe_and_see_one_transition(
+    client: redis.Redis | None, key_prefix: str, clock: Clock
+) -> None:
+    """Each caller requests a probe, then calls. On Redis every caller has its own breaker (its own
+    connections, as a worker would); per process they share one. The admitted probe holds its
+    lease until every other caller was refused."""
+    callers = 16
+    seen: list[BreakerTransition] = []
+    config: dict[str, Any] = {"failure_threshold": 1, "open_seconds": 30, "probe_lease_seconds": 60}
+    first = make_breaker(client, key_prefix, clock, transitions=seen, **config)
+    attempt(first, Service().fail)
+    breakers = [first] + [
+        make_breaker(client, key_prefix, clock, transitions=seen, **config) if client is not None else first
+        for _ in range(callers - 1)
+    ]
+    service = Service()
+    barrier = threading.Barrier(callers)
+    refusals = threading.Semaphore(0)
+
+    def held_probe() -> str:
+        for _ in range(callers - 1):
+            if not refusals.acquire(timeout=60):
+                raise TimeoutError("the other callers were not all refused")
+        return service.ok()
+
+    def caller(breaker: CircuitBreaker) -> str:
+        barrier.wait(60)
+        breaker.request_probe()
+        outcome = attempt(breaker, held_probe)
+        if outcome == "refused":
+            refusals.release()
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        outcomes = sorted(pool.map(caller, breakers, timeout=120))
+    assert outcomes == ["ok"] + ["refused"] * (callers - 1)
+    assert service.calls == 1
+    assert summary(seen) == [
+        ("closed", "open", "failure_threshold"),
+        ("open", "half_open", "probe_requested"),
+        ("half_open", "closed", "probe_succeeded"),
+    ]
+    assert all(breaker.backend == ("redis" if client is not None else "local") for breaker in breakers)
 
 
 def test_reset_forgets_failures_and_reopen_count(client: redis.Redis | None, key_prefix: str, clock: Clock) -> None:

@@ -13,6 +13,7 @@ window, open-period or lease boundary, where the breaker and the model must agre
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,10 +45,12 @@ from airflow_provider_servicetitan.errors import (
     ServiceTitanServerError,
 )
 from airflow_provider_servicetitan.resilience.breaker import (
+    STATE_FIELDS,
     BreakerConfig,
     BreakerPermit,
     BreakerTransition,
     CircuitBreaker,
+    seconds_until_admission,
 )
 
 from .test_breaker import Clock
@@ -163,6 +166,11 @@ class ReferenceBreaker:
             self.outcomes = []
         else:
             self._go("closed", "reset", now)
+
+    def request_probe(self, now: float) -> None:
+        self._tick(now)
+        if self.state == "open":
+            self._go("half_open", "probe_requested", now)
 
 
 class BreakerMachine(RuleBasedStateMachine):
@@ -304,6 +312,13 @@ class BreakerMachine(RuleBasedStateMachine):
         self.breaker.reset()
         self.model.reset(self.now)
 
+    @precondition(lambda self: self.operator_actions > 0)
+    @rule()
+    def request_probe(self) -> None:
+        self.operator_actions -= 1
+        self.breaker.request_probe()
+        self.model.request_probe(self.now)
+
     @invariant()
     def same_state_and_transitions(self) -> None:
         assert self.breaker.state == self.model.peek(self.now)
@@ -311,6 +326,22 @@ class BreakerMachine(RuleBasedStateMachine):
         assert seen == self.model.transitions
         # The Redis run never fell back to the per-process breaker (a script error would).
         assert self.breaker.backend == ("redis" if self.client is not None else "local")
+
+    @invariant()
+    def admission_read_from_the_keys_matches_the_model(self) -> None:
+        """What a watcher (the Airflow trigger) reads from the Redis keys, without running the
+        script, is when the model would admit a call: now, or after its ``retry_after``."""
+        if self.client is None:
+            return
+        state_key, _calls, _failures, probes_key = self.breaker.redis_keys
+        values = self.client.hmget(state_key, list(STATE_FIELDS))
+        fields = {name: value.decode() for name, value in zip(STATE_FIELDS, values, strict=True) if value is not None}
+        leases = [score for _member, score in self.client.zrange(probes_key, 0, -1, withscores=True)]
+        expected = copy.deepcopy(self.model).admit(self.now)
+        wait = seconds_until_admission(
+            fields, leases, now=self.now, half_open_max_calls=self.breaker.config.half_open_max_calls
+        )
+        assert wait == (0.0 if isinstance(expected, ModelPermit) else expected)
 
 
 @pytest.mark.parametrize("backend", ["redis", "local"])

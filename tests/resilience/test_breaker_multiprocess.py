@@ -31,6 +31,7 @@ SPAWN = multiprocessing.get_context("spawn")
 WORKERS = 16
 OPEN_SECONDS = 30.0
 HALF_OPEN_AT = Clock.START + OPEN_SECONDS + 1  # the time at which the workers call
+STILL_OPEN_AT = Clock.START + 1  # ... when each first requests a probe (a person cleared the task)
 TIMEOUT = 60
 
 
@@ -48,12 +49,18 @@ def _worker_breaker(
 
 
 def racing_worker(
-    redis_url: str, namespace: str, config: BreakerConfig, barrier: Barrier, release: Event, reports: Queue[Any]
+    redis_url: str,
+    namespace: str,
+    config: BreakerConfig,
+    barrier: Barrier,
+    release: Event,
+    reports: Queue[Any],
+    request_probe: bool,
 ) -> None:
-    """Call the breaker as soon as all workers are ready; an admitted probe holds its lease until
-    the parent releases it, then succeeds."""
+    """Call the breaker as soon as all workers are ready (after requesting a probe, if asked to);
+    an admitted probe holds its lease until the parent releases it, then succeeds."""
     seen: list[BreakerTransition] = []
-    breaker = _worker_breaker(redis_url, namespace, config, HALF_OPEN_AT, seen)
+    breaker = _worker_breaker(redis_url, namespace, config, STILL_OPEN_AT if request_probe else HALF_OPEN_AT, seen)
 
     def probe() -> None:
         reports.put(("entered", None))
@@ -61,6 +68,8 @@ def racing_worker(
             raise TimeoutError("the parent never released the probes")
 
     barrier.wait(TIMEOUT)
+    if request_probe:
+        breaker.request_probe()
     try:
         breaker.call(probe)
     except CircuitBreakerOpenError as refused:
@@ -91,16 +100,21 @@ def _open_breaker(redis_client: redis.Redis, namespace: str, config: BreakerConf
 
 @pytest.mark.slow
 @pytest.mark.parametrize("max_probes", [1, 3])
+@pytest.mark.parametrize("half_opened_by", ["open_timeout", "probe_requested"])
 def test_sixteen_processes_at_the_moment_it_half_opens_admit_exactly_max_probes(
-    redis_url: str, redis_client: redis.Redis, key_prefix: str, max_probes: int
+    redis_url: str, redis_client: redis.Redis, key_prefix: str, max_probes: int, half_opened_by: str
 ) -> None:
+    """Half-opened by the end of the open period, or by every worker requesting a probe first."""
     config = BreakerConfig(
         failure_threshold=1, open_seconds=OPEN_SECONDS, half_open_max_calls=max_probes, probe_lease_seconds=60
     )
     breaker = _open_breaker(redis_client, key_prefix, config)
     barrier, release, reports = SPAWN.Barrier(WORKERS), SPAWN.Event(), SPAWN.Queue()
     workers = [
-        SPAWN.Process(target=racing_worker, args=(redis_url, key_prefix, config, barrier, release, reports))
+        SPAWN.Process(
+            target=racing_worker,
+            args=(redis_url, key_prefix, config, barrier, release, reports, half_opened_by == "probe_requested"),
+        )
         for _ in range(WORKERS)
     ]
     for worker in workers:
@@ -134,7 +148,7 @@ def test_sixteen_processes_at_the_moment_it_half_opens_admit_exactly_max_probes(
     assert len(refused) == WORKERS - max_probes
     assert refused == [60.0] * (WORKERS - max_probes)  # until the first lease, taken at the same time, expires
     assert Counter(t for report in transitions for t in report) == {
-        ("open", "half_open", "open_timeout"): 1,
+        ("open", "half_open", half_opened_by): 1,
         ("half_open", "closed", "probe_succeeded"): 1,
     }
     assert breaker.state == "closed"

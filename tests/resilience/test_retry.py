@@ -344,6 +344,80 @@ def test_gives_up_when_the_attempts_used_up_the_time(fake: FakeTime) -> None:
     assert fn.calls == 3
 
 
+# -- max_retry_after: a wait better deferred than slept -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RateLimitExceededError(status=429, retry_after=120.0), CircuitBreakerOpenError("servicetitan:crm", 120.0)],
+    ids=["429", "open-breaker"],
+)
+def test_a_requested_wait_longer_than_max_retry_after_gives_up_at_once(
+    fake: FakeTime, error: ServiceTitanError, caplog: pytest.LogCaptureFixture
+) -> None:
+    fn = Script(error)
+    # The budget alone would wait the 120 s: max_retry_after is what refuses it.
+    retry = policy(fake, max_attempts=5, max_delay=60.0, max_elapsed=600.0, max_retry_after=30.0)
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(RetryExhaustedError) as caught:
+        retry.call(fn)
+
+    assert caught.value.attempts == 1
+    assert caught.value.__cause__ is caught.value.last_error is error
+    assert getattr(caught.value.last_error, "retry_after", None) == 120.0  # what the caller defers by
+    assert (fn.calls, fake.sleeps) == (1, [])
+    [given_up] = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert "asked to wait 120.00s, more than max_retry_after=30s" in given_up
+
+
+def test_a_requested_wait_up_to_max_retry_after_is_slept(fake: FakeTime) -> None:
+    fn = Script(RateLimitExceededError(status=429, retry_after=30.0), CircuitBreakerOpenError("crm", 0.0))
+    retry = policy(fake, rng=MinRng(), max_attempts=3, max_delay=60.0, max_retry_after=30.0)
+    assert retry.call(fn) == "ok"
+    assert fake.sleeps == [30.0, 0.0]
+
+
+def test_max_retry_after_limits_requested_waits_only_not_the_backoff(fake: FakeTime) -> None:
+    fn = Script(server_error(1), server_error(2), RateLimitExceededError(status=429, retry_after=5.0))
+    retry = policy(fake, rng=MaxRng(), max_attempts=4, base_delay=4.0, max_delay=60.0, max_retry_after=0.0)
+
+    with pytest.raises(RetryExhaustedError) as caught:
+        retry.call(fn)
+
+    assert fake.sleeps == [4.0, 8.0]  # backoff sleeps longer than max_retry_after are fine
+    assert caught.value.attempts == 3
+    assert isinstance(caught.value.last_error, RateLimitExceededError)
+
+
+def test_the_budget_still_applies_under_a_larger_max_retry_after(
+    fake: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    fn = Script(CircuitBreakerOpenError("crm", 45.0))
+    retry = policy(fake, max_attempts=5, max_elapsed=30.0, max_retry_after=100.0)
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(RetryExhaustedError):
+        retry.call(fn)
+
+    assert fake.sleeps == []
+    assert "more than the 30.00s left" in caplog.text
+
+
+def test_max_retry_after_none_keeps_waiting_within_the_budget(fake: FakeTime) -> None:
+    fn = Script(RateLimitExceededError(status=429, retry_after=120.0))
+    assert policy(fake, max_delay=60.0, max_elapsed=300.0).max_retry_after is None
+    assert policy(fake, max_delay=60.0, max_elapsed=300.0).call(fn) == "ok"
+    assert fake.sleeps == [120.0]
+
+
+def test_max_retry_after_through_presets_and_overrides(fake: FakeTime) -> None:
+    retry = RetryPolicy.aggressive(max_retry_after=10.0, sleep=fake.sleep, clock=fake.clock)
+    assert retry.max_retry_after == 10.0
+    assert retry.with_overrides(max_retry_after=None).max_retry_after is None
+    with pytest.raises(RetryExhaustedError):
+        retry.call(Script(RateLimitExceededError(status=429, retry_after=11.0)))
+    assert fake.sleeps == []
+
+
 # -- log and listener ---------------------------------------------------------------------------
 
 
@@ -483,6 +557,11 @@ def test_with_overrides_copies_and_keeps_the_injectables(fake: FakeTime) -> None
         ({"base_delay": 10.0, "max_delay": 5.0}, "base_delay.*max_delay"),
         ({"max_elapsed": 0}, "max_elapsed"),
         ({"max_elapsed": -5.0}, "max_elapsed"),
+        ({"max_retry_after": -1.0}, "max_retry_after"),
+        ({"max_retry_after": math.inf}, "max_retry_after"),
+        ({"max_retry_after": math.nan}, "max_retry_after"),
+        ({"max_retry_after": "30"}, "max_retry_after"),
+        ({"max_retry_after": True}, "max_retry_after"),
         ({"retry_on": "yes"}, "retry_on"),
         ({"sleep": None}, "sleep"),
         ({"listener": 3}, "listener"),

@@ -3,6 +3,7 @@ and the fail-fast copy of a caller's client, against the real Redis (through the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
@@ -11,6 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -20,6 +22,7 @@ from airflow_provider_servicetitan.resilience.shared_state import (
     DEFAULT_REDIS_RECHECK_SECONDS,
     FAIL_FAST_TIMEOUT_SECONDS,
     SharedRedis,
+    fail_fast_async_client,
     fail_fast_client,
 )
 from tests.helpers import FakeClock, set_connection
@@ -202,6 +205,97 @@ def test_a_sentinel_client_is_used_as_given_with_a_warning(caplog: pytest.LogCap
 def test_the_timeout_is_validated() -> None:
     with pytest.raises(ValueError, match="timeout"):
         fail_fast_client(redis.Redis(), timeout=0)
+
+
+# The asyncio copy (for triggers)
+
+
+def test_the_async_copy_keeps_target_db_and_credentials(
+    redis_url: str, redis_client: redis.Redis, key_prefix: str, acl_user: tuple[str, str]
+) -> None:
+    username, password = acl_user
+    caller = redis.Redis(
+        host="127.0.0.1",
+        port=urlparse(redis_url).port or 6379,
+        db=redis_db(redis_url),
+        username=username,
+        password=password,
+        client_name="caller",
+        decode_responses=True,
+    )
+
+    async def use_the_copy() -> tuple[object, object]:
+        fast = fail_fast_async_client(caller)
+        try:
+            await fast.set(f"{key_prefix}:written", "by the async copy")
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await fast.set("sttest-outside-the-user-keys", 1)
+            return await fast.acl_whoami(), await fast.get(f"{key_prefix}:written")
+        finally:
+            await fast.aclose()
+
+    whoami, written = asyncio.run(use_the_copy())
+    assert whoami == username
+    assert written == b"by the async copy"  # bytes, whatever the caller decodes
+    assert redis_client.get(f"{key_prefix}:written") == b"by the async copy"  # same server, same database
+    caller.close()
+
+
+def test_the_async_copy_fails_fast(proxy: SwitchableProxy, redis_url: str) -> None:
+    caller = redis.Redis(
+        host="127.0.0.1",
+        port=proxy.port,
+        db=redis_db(redis_url),
+        socket_timeout=30,
+        socket_connect_timeout=30,
+        retry=Retry(NoBackoff(), 5),
+    )
+    fast = fail_fast_async_client(caller)
+    proxy.switch(up=False)
+
+    async def ping() -> None:
+        try:
+            await fast.ping()
+        finally:
+            await fast.aclose()
+
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(ping())
+    assert proxy.connections == 1  # one attempt, no retry
+    settings = fast.connection_pool.connection_kwargs
+    assert (settings["socket_timeout"], settings["socket_connect_timeout"]) == (FAIL_FAST_TIMEOUT_SECONDS,) * 2
+    assert (settings["retry_on_timeout"], settings["retry_on_error"]) == (False, [])
+    caller.close()
+
+
+def test_the_async_copy_keeps_the_tls_settings() -> None:
+    tls = {"ssl_ca_certs": "/etc/ca.pem", "ssl_cert_reqs": "required", "ssl_certfile": "/etc/c.pem"}
+    fast = fail_fast_async_client(redis.Redis(host="redis.example", port=6380, password="pw", ssl=True, **tls))
+    assert fast.connection_pool.connection_class is redis.asyncio.SSLConnection
+    settings = fast.connection_pool.connection_kwargs
+    assert {name: settings[name] for name in ("host", "port", "password", *tls)} == {
+        "host": "redis.example",
+        "port": 6380,
+        "password": "pw",
+        **tls,
+    }
+    fast.connection_pool.make_connection()  # the asyncio TLS connection takes every setting copied
+
+
+@pytest.mark.parametrize(
+    ("caller", "message"),
+    [
+        (lambda: redis.Redis(unix_socket_path="/run/redis/redis.sock"), "UnixDomainSocketConnection"),
+        (lambda: Sentinel([("127.0.0.1", 1)]).master_for("mymaster"), "SentinelConnectionPool"),
+        (lambda: redis.Redis(host="h", ssl=True, ssl_validate_ocsp=True), "ssl_validate_ocsp"),
+    ],
+    ids=["unix-socket", "sentinel", "ocsp"],
+)
+def test_what_the_async_copy_cannot_reach_the_same_way_is_refused(
+    caller: Callable[[], redis.Redis], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        fail_fast_async_client(caller())
 
 
 # The policy

@@ -12,9 +12,11 @@ import pytest
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.errors import (
+    CircuitBreakerOpenError,
     CredentialValidationError,
     InvalidCredentialsError,
     RetryExhaustedError,
+    root_cause,
 )
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.notifications.alerts import AlertKind
@@ -174,7 +176,9 @@ def test_a_clean_sync_is_ok_and_resolves_the_credential_incidents(start_sandbox,
     assert list(outcome.summaries) == RESOURCES
     assert outcome.degraded_resources == []
     assert {summary.status for summary in outcome.summaries.values()} == {"success"}
-    assert outcome.summary_dict()["jobs"] == outcome.summaries["jobs"].as_dict()
+    (jobs,) = [row for row in store.get_run_log("run-1") if row.resource == "jobs"]
+    assert outcome.summary_dict()["jobs"] == {"status": "success", "message": None, **jobs.counters()}
+    assert jobs.records_successful == outcome.summaries["jobs"].successful > 0
     assert timed == [(resource, "success", 1) for resource in RESOURCES]
     assert [client.tenant_id for client in connected] == [credentials.tenant_id]
     status = store.get_credential_status(CRED)
@@ -210,14 +214,12 @@ def test_failures_leave_it_degraded_and_hand_back_the_first_error(start_sandbox,
     sandbox.admin.set_faults(error_rate=1.0)
     errors: list[Exception] = []
     summaries: list[ResourceSummary] = []
-    events = SyncEvents()
-    # A breaker that opens on the first failures: its transitions reach the run's events.
-    opens_at_once = BreakerConfig(failure_threshold=2, minimum_calls=2)
+    # A breaker that stays closed: every resource is tried and fails on its own.
+    stays_closed = BreakerConfig(failure_threshold=1000, minimum_calls=1000)
 
     outcome = run(
-        Factory(lambda: credentials, make_client, retry_policy=FAST_RETRIES, breaker_config=opens_at_once),
+        Factory(lambda: credentials, make_client, retry_policy=FAST_RETRIES, breaker_config=stays_closed),
         store,
-        events=events,
         on_error=errors.append,
         on_resource=lambda summary, _seconds: summaries.append(summary),
     )
@@ -226,16 +228,75 @@ def test_failures_leave_it_degraded_and_hand_back_the_first_error(start_sandbox,
     assert outcome.degraded_resources == RESOURCES
     assert isinstance(outcome.error, RetryExhaustedError)
     assert outcome.error is errors[0]
+    assert (outcome.held_back_for, outcome.not_attempted) == (None, ())
     assert len(errors) == len(RESOURCES)
     assert [summary.status for summary in summaries] == ["failed"] * len(RESOURCES)
     assert outcome.resolves == ()
-    assert events.breaker_events >= 1
     assert run_log(store, "run-1") == dict.fromkeys(RESOURCES, "failed")
     assert all(store.get_checkpoint(CRED, resource) is None for resource in RESOURCES)
     status = store.get_credential_status(CRED)
     assert status is not None
     assert status.status == "degraded"
     assert all(f"{resource}: RetryExhaustedError" in (status.reason or "") for resource in RESOURCES)
+
+
+def test_an_open_breaker_stops_the_run_and_says_how_long_to_wait(start_sandbox, make_client, store) -> None:
+    sandbox = start_sandbox(records=30)
+    credentials = credentials_for(sandbox)
+    sandbox.admin.set_faults(error_rate=1.0)
+    events = SyncEvents()
+    # Opens on the first resource's second failure, for 300 s: its third attempt is refused.
+    opens_at_once = BreakerConfig(failure_threshold=2, minimum_calls=2, open_seconds=300)
+
+    outcome = run(
+        Factory(lambda: credentials, make_client, retry_policy=FAST_RETRIES, breaker_config=opens_at_once),
+        store,
+        events=events,
+    )
+
+    assert outcome.kind == "degraded"
+    assert isinstance(outcome.error, RetryExhaustedError)
+    assert isinstance(root_cause(outcome.error), CircuitBreakerOpenError)
+    assert outcome.held_back_for is not None
+    assert 290 < outcome.held_back_for <= 300
+    # The other resources share the breaker: they are left for later, not refused one by one.
+    assert outcome.not_attempted == ("jobs", "invoices")
+    assert events.breaker_events == 1
+    assert run_log(store, "run-1") == {"customers": "failed"}
+    status = store.get_credential_status(CRED)
+    assert status is not None
+    assert status.status == "degraded"
+    assert "not attempted until ServiceTitan may be called again: jobs, invoices" in (status.reason or "")
+
+
+def test_the_summary_counts_what_every_try_of_the_run_committed(start_sandbox, make_client, store) -> None:
+    """The XCom summary reads the sync log: pages committed by a try that then failed are counted."""
+    sandbox = start_sandbox(records=30, export_page_size=10)
+    credentials = credentials_for(sandbox)
+    stays_closed = BreakerConfig(failure_threshold=1000, minimum_calls=1000)
+    factory = Factory(lambda: credentials, make_client, retry_policy=FAST_RETRIES, breaker_config=stays_closed)
+    commit_page = store.commit_page
+
+    def fail_after_two_pages(**page: object) -> None:
+        commit_page(**page)
+        if store.get_run_log("run-1")[0].pages == 2:
+            sandbox.admin.set_faults(error_rate=1.0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "commit_page", fail_after_two_pages)
+        failed = sync_credential(factory, store, credential=CRED, run_id="run-1", resources=["customers"])
+
+    assert failed.kind == "degraded"
+    assert failed.summaries["customers"].status == "failed"
+    assert failed.summary_dict()["customers"]["pages"] == 2
+    assert failed.summary_dict()["customers"]["records_processed"] == 20
+    sandbox.admin.set_faults(error_rate=0.0)
+
+    retried = sync_credential(factory, store, credential=CRED, run_id="run-1", resources=["customers"])
+
+    (row,) = store.get_run_log("run-1")
+    assert retried.summary_dict() == {"customers": {"status": "success", "message": None, **row.counters()}}
+    assert row.records_processed == 30
 
 
 def test_a_rejected_secret_needs_attention_is_skipped_after_and_tried_again_once_changed(

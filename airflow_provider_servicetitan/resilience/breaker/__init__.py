@@ -11,7 +11,8 @@ The breaker knows nothing of the service it protects: which errors are failures 
 
 Modules: :mod:`.config` (rules, states, transitions, outcomes), :mod:`.redis_backend` (the
 shared state machine, one Lua script in ``breaker.lua`` timed by the Redis clock; tests may inject
-a clock instead), :mod:`.local` (its per-process copy) and this facade. If Redis cannot be reached
+a clock instead), :mod:`.local` (its per-process copy), :mod:`.admission` (when a breaker will admit
+a call, read from its keys by a watcher such as an Airflow trigger) and this facade. If Redis cannot be reached
 the breaker keeps working on the per-process state machine with the same rules, tries Redis again
 once per ``redis_recheck_seconds``, and goes back to it when it answers
 (:class:`~airflow_provider_servicetitan.resilience.shared_state.SharedRedis`).
@@ -27,6 +28,7 @@ from typing import Any, Literal, TypeVar
 import redis
 
 from airflow_provider_servicetitan.errors import CircuitBreakerOpenError
+from airflow_provider_servicetitan.resilience.breaker.admission import STATE_FIELDS, seconds_until_admission
 from airflow_provider_servicetitan.resilience.breaker.config import (
     Backend,
     BreakerConfig,
@@ -45,6 +47,7 @@ from airflow_provider_servicetitan.resilience.keys import require_key_part
 from airflow_provider_servicetitan.resilience.shared_state import SharedRedis
 
 __all__ = [
+    "STATE_FIELDS",
     "BreakerConfig",
     "BreakerListener",
     "BreakerPermit",
@@ -54,6 +57,7 @@ __all__ = [
     "CircuitBreaker",
     "Classifier",
     "count_every_error",
+    "seconds_until_admission",
 ]
 
 logger = logging.getLogger(__name__)
@@ -165,7 +169,8 @@ class CircuitBreaker:
 
     @property
     def redis_keys(self) -> tuple[str, ...]:
-        """The Redis keys of this breaker (empty without a Redis client)."""
+        """The Redis keys of this breaker (empty without a Redis client), in this order: state
+        hash, calls, failures, probe leases (see :mod:`.redis_backend`)."""
         return self._redis.keys if self._redis is not None else ()
 
     @property
@@ -211,6 +216,17 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Close the breaker and forget its failures and re-open count."""
         self._execute(lambda backend: backend.reset())
+
+    def request_probe(self) -> BreakerState:
+        """Try the service now: a person cleared the task that waits for this breaker.
+
+        An open breaker half-opens at once (reason ``probe_requested``, reported to listeners like
+        any transition), without waiting for the end of its open period: the usual probe admission
+        then lets ``half_open_max_calls`` probes through across all workers, and a failed probe
+        re-opens it with the usual backoff (the re-open count is kept, unlike :meth:`reset`). A
+        closed or half-open breaker is left as it is. Returns the state after the request.
+        """
+        return self._execute(lambda backend: backend.request_probe()).state
 
     def _execute(self, step: Callable[[Backend], Reply]) -> Reply:
         return self._execute_on(step)[0]

@@ -136,6 +136,12 @@ elseif command == 'reset' then
   else
     move('closed', 'reset')
   end
+elseif command == 'probe_now' then
+  -- A person cleared the waiting task: half-open now, so the usual probe admission lets
+  -- half_open_max_calls probes through across all workers; the re-open count is kept.
+  if state == 'open' then
+    move('half_open', 'probe_requested')
+  end
 elseif command ~= 'peek' then
   return redis.error_reply('unknown circuit breaker command: ' .. tostring(command))
 end

@@ -129,7 +129,7 @@ class BreakerTransition:
     ``at`` and ``open_until`` are epoch seconds (Redis time on the Redis backend, the injected
     clock's time if the breaker was given one); ``open_until`` is set only when ``to_state`` is
     open. ``reason`` is one of ``failure_threshold``, ``failure_rate``, ``open_timeout``,
-    ``probe_succeeded``, ``probe_failed``, ``forced_open``, ``reset``. ``from_state`` equals
+    ``probe_requested``, ``probe_succeeded``, ``probe_failed``, ``forced_open``, ``reset``. ``from_state`` equals
     ``to_state`` when an open breaker is forced open again.
     """
 
@@ -168,3 +168,5 @@ class Backend(Protocol):
     def force_open(self, seconds: float) -> Reply: ...
 
     def reset(self) -> Reply: ...
+
+    def request_probe(self) -> Reply: ...

@@ -124,6 +124,10 @@ class LocalBackend:
         else:
             self._move(BreakerState.CLOSED, "reset")
 
+    def _request_probe(self) -> None:
+        if self._state is BreakerState.OPEN:
+            self._move(BreakerState.HALF_OPEN, "probe_requested")
+
     def acquire(self) -> Reply:
         return self._step(self._admit)
 
@@ -138,3 +142,6 @@ class LocalBackend:
 
     def reset(self) -> Reply:
         return self._step(self._reset)
+
+    def request_probe(self) -> Reply:
+        return self._step(self._request_probe)

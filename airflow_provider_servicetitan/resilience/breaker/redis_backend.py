@@ -18,10 +18,12 @@ Keys (all four share one hash tag, so the script also runs on Redis Cluster):
 * ``KEYS[4]`` ZSET of the probe leases, scored by lease expiry
 
 Arguments: ``ARGV[1]`` command (``acquire`` | ``record`` | ``peek`` | ``force_open`` |
-``reset``), ``ARGV[2]`` the time in seconds (empty: use Redis ``TIME``), ``ARGV[3..12]`` the
-configuration in the order of :data:`CONFIG_FIELDS`, then the command's own arguments: ``record``
-takes generation, probe id (empty when the call was not a probe) and outcome (``success`` |
-``failure`` | ``ignored``); ``force_open`` takes the seconds to stay open.
+``reset`` | ``probe_now``), ``ARGV[2]`` the time in seconds (empty: use Redis ``TIME``),
+``ARGV[3..12]`` the configuration in the order of :data:`CONFIG_FIELDS`, then the command's own
+arguments: ``record`` takes generation, probe id (empty when the call was not a probe) and outcome
+(``success`` | ``failure`` | ``ignored``); ``force_open`` takes the seconds to stay open.
+``probe_now`` half-opens an open breaker at once (reason ``probe_requested``) and changes nothing
+in another state.
 
 Reply: ``state, generation, admitted (1|0), probe id, retry_after`` followed by five strings per
 transition performed by this call: ``from, to, reason, at, open_until`` (empty unless to open).
@@ -119,3 +121,6 @@ class RedisBackend:
 
     def reset(self) -> Reply:
         return self._run("reset")
+
+    def request_probe(self) -> Reply:
+        return self._run("probe_now")

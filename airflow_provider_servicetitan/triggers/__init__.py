@@ -1,0 +1,1 @@
+"""Airflow triggers: waits that run in the triggerer instead of holding a worker slot."""
