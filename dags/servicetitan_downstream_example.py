@@ -1,4 +1,7 @@
-"""An example downstream DAG: runs whenever ``servicetitan_sync`` has synced fresh ServiceTitan data.
+"""An example downstream DAG: runs after each ``servicetitan_sync`` task that synced its resources.
+
+A sync that found nothing new still announces its resources (the data is current as of that run):
+the events' ``extra`` says how many records arrived, 0 included, so a task can skip work on 0.
 
 Every resource a sync task synced is an Airflow asset event ``servicetitan://<connection id>/<resource>``
 emitted through the asset alias ``servicetitan``, with the run's counts in its ``extra``

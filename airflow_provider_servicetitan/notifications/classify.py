@@ -208,7 +208,7 @@ def _retries_exhausted(
         summary = f"{gave_up} {calls}; the last error was {type(last).__name__}: {last}"
     system_action = f"Retried the calls with exponential backoff and jitter {each}"
     if isinstance(last, RateLimitExceededError):
-        system_action += ", waiting as long as ServiceTitan's Retry-After asked"
+        system_action += ", waiting as long as ServiceTitan's Retry-After asked (or in the triggerer, when longer)"
     system_action += (
         "; kept the last committed checkpoint, so the next attempt resumes from there without duplicating data."
     )

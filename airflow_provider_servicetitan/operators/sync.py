@@ -182,8 +182,9 @@ class ServiceTitanSyncOperator(BaseOperator):
     def execute_complete(
         self, context: Context, event: dict[str, Any], deferred_since: float | None = None
     ) -> dict[str, dict[str, object]]:
-        """Resumed by the trigger: the breaker admits a probe (or the pause is over); sync again
-        from the checkpoints, in the same try. (``dag.test()`` passes only the event.)"""
+        """Resumed by the trigger: the breaker admits a probe, the pause is over, or Redis could not
+        be read for a while (then the breaker runs per process and Airflow's retries do the waiting).
+        Sync again from the checkpoints, in the same try. (``dag.test()`` passes only the event.)"""
         self.log.info("Resuming %s after waiting in the triggerer: %s", self.servicetitan_conn_id, event)
         return self._sync(context, resumed=True, deferred_since=deferred_since)
 
@@ -254,18 +255,23 @@ class ServiceTitanSyncOperator(BaseOperator):
     def _defer_if_held_back(
         self, outcome: CredentialOutcome, breaker: CircuitBreaker, deferred_since: float | None
     ) -> None:
-        """Wait in the triggerer when the run stopped on an open breaker or a long rate-limit pause."""
+        """Wait in the triggerer when the run stopped on an open breaker or a long rate-limit pause.
+
+        An open breaker is watched in Redis (a reset or a person's probe request ends the wait
+        early), so it needs the shared breaker; a rate-limit pause is waited out, whatever the breaker's
+        backend. The trigger's timeout keeps the whole wait within ``max_deferred`` even if the breaker
+        stays open for longer than it said (a failed probe elsewhere, an operator's ``force_open``).
+        """
         wait = outcome.held_back_for
-        if (
-            wait is None
-            or not self._may_defer()
-            or breaker.backend != "redis"
-            or wait <= self.defer_after.total_seconds()
-        ):
+        if wait is None or outcome.error is None or not self._may_defer() or wait <= self.defer_after.total_seconds():
+            return
+        watch_breaker = isinstance(root_cause(outcome.error), CircuitBreakerOpenError)
+        if watch_breaker and breaker.backend != "redis":
             return
         now = time.time()
         since = deferred_since if deferred_since is not None else now
-        if now - since + wait > self.max_deferred.total_seconds():
+        budget = self.max_deferred.total_seconds() - (now - since)
+        if wait > budget:
             self.log.warning(
                 "Waiting %.0fs more would pass max_deferred (%s, %.0fs waited so far); leaving the wait to "
                 "Airflow's retries",
@@ -280,17 +286,16 @@ class ServiceTitanSyncOperator(BaseOperator):
             outcome.reason,
             wait,
         )
-        # An open breaker is watched (a reset or a person's probe request ends the wait early); a
-        # rate-limit pause is waited out.
-        rate_limited = not isinstance(outcome.error and root_cause(outcome.error), CircuitBreakerOpenError)
+        trigger = (
+            BreakerProbeTrigger.for_breaker(breaker, str(settings.redis_conn_id(self.redis_conn_id)))
+            if watch_breaker
+            else BreakerProbeTrigger(not_before=now + wait)
+        )
         self.defer(
-            trigger=BreakerProbeTrigger.for_breaker(
-                breaker,
-                str(settings.redis_conn_id(self.redis_conn_id)),
-                not_before=now + wait if rate_limited else None,
-            ),
+            trigger=trigger,
             method_name="execute_complete",
             kwargs={"deferred_since": since},
+            timeout=timedelta(seconds=budget),
         )
 
     def _task_result(self, outcome: CredentialOutcome, context: Context) -> dict[str, dict[str, object]]:
@@ -358,7 +363,12 @@ class ServiceTitanSyncOperator(BaseOperator):
 
 
 def _truthy(value: bool | str) -> bool:
-    """A flag given directly or rendered from a template (``"True"``, ``"false"``...)."""
+    """A flag given directly or rendered from a template (``"True"``, ``"false"``, ``""``...)."""
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off", "none"):
+        return False
+    raise AirflowFailException(f"probe_now must be true or false, got {value!r}")

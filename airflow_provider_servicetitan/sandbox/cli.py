@@ -207,6 +207,9 @@ def airflow_connections_main(argv: Sequence[str]) -> int:
         sys.stdout.write(text)
         notes, file = sys.stderr, "connections.json"
     else:
+        # Client secrets and app keys: readable by the owner only, as any secrets file.
+        args.output.touch(mode=0o600, exist_ok=True)
+        args.output.chmod(0o600)
         args.output.write_text(text)
         notes, file = sys.stdout, str(args.output)
         print(f"Wrote {len(found)} Airflow connection(s) to {file}.", file=notes)

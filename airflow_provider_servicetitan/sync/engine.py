@@ -14,7 +14,7 @@ this process as owner and gets a heartbeat with every committed page. A re-expor
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
 
 from airflow_provider_servicetitan.catalog import get_resource
@@ -43,9 +43,6 @@ class ResourceSummary:
     successful: int = 0
     failed: int = 0
     message: str | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass

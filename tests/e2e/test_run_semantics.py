@@ -151,18 +151,18 @@ def test_an_open_circuit_defers_and_a_clear_after_the_fix_brings_the_data_at_onc
     assert opened["state"] == "open"
     assert alert_titles(session, conn_id) == ["Circuit breaker opened"]
 
-    cleared_at = time.monotonic()
     cleared = rest.clear(DAG_ID, run_id, [(SYNC, 0)], only_failed=False)
     state = rest.wait_for_run(DAG_ID, run_id, timeout=120)
-    took = time.monotonic() - cleared_at
 
     states = rest.task_states(DAG_ID, run_id)
     assert {(ti["task_id"], ti["map_index"]) for ti in cleared} >= {(SYNC, 0), (RECOVER, 0), ("report", -1)}
     assert state == "success", states
-    assert took < 60, f"the data came {took:.0f}s after the Clear"
-    # ...while the breaker would still have refused every call for minutes: the Clear asked for a probe.
-    assert float(opened["open_until"]) - float(opened["now"]) > 60 + took
-    assert breaker_state(session, tenant)["state"] == "closed"
+    # The data came while the breaker would still have refused every call (on Redis's clock, the
+    # breaker's own): the Clear asked it for a probe instead of waiting out its open window.
+    closed = breaker_state(session, tenant)
+    assert closed["state"] == "closed"
+    assert float(closed["since"]) < float(opened["open_until"])
+    print(f"e2e: data complete {float(closed['since']) - float(opened['now']):.1f}s after the outage ended")
     assert alert_titles(session, conn_id) == ["Circuit breaker opened", "Resolved"]
     synced = rest.wait_for_task_state(DAG_ID, run_id, (SYNC, 0), {"success"})
     assert synced["try_number"] == 2

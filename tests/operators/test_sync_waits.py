@@ -6,6 +6,7 @@ path as the triggerer of a real deployment (tests/e2e runs that one).
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -136,3 +137,32 @@ def test_wait_settings_must_be_positive_timedeltas(operator_env, value):
     env = operator_env()
     with pytest.raises(ValueError, match="defer_after must be a positive timedelta"):
         env.sync(env.connect(0), defer_after=value)
+
+
+def test_a_long_rate_limit_pause_defers_the_task_until_it_is_over(operator_env, capfd, caplog, monkeypatch):
+    env = operator_env(records=60, export_page_size=20)
+    conn_id = env.connect(0)
+    # One 429 asking for 3 s, longer than the task may sleep (defer_after 1 s): it waits deferred.
+    env.sandbox.admin.set_faults(burst_429=1, burst_429_retry_after=3)
+    deferred: list[BreakerProbeTrigger] = []
+    defer = ServiceTitanSyncOperator.defer
+
+    def record(self, **kwargs):
+        deferred.append(kwargs["trigger"])
+        defer(self, **kwargs)
+
+    monkeypatch.setattr(ServiceTitanSyncOperator, "defer", record)
+    before = time.time()
+
+    dagrun = env.run(sync_dag(env, conn_id, defer_after=timedelta(seconds=1)))
+
+    ti = dagrun.get_task_instance(f"sync_{conn_id}")
+    assert (ti.state, ti.try_number) == ("success", 1)
+    (trigger,) = deferred
+    _classpath, kwargs = trigger.serialize()
+    # A pause is waited out, not watched: no breaker, no Redis needed in the triggerer.
+    assert (kwargs["state_key"], kwargs["redis_conn_id"]) == (None, None)
+    assert kwargs["not_before"] >= before + 3
+    assert WAITED in logged(capfd, caplog)
+    for resource in RESOURCES:
+        assert env.stored(0, resource) == env.truth(0, resource)

@@ -32,6 +32,8 @@ from tests.redis_outage import SwitchableProxy, redis_db
 from tests.resilience.test_shared_state import acl_user  # noqa: F401 - a fixture, shared
 
 LIMIT = 30.0  # safety net for every wait: a broken trigger fails the test instead of hanging it
+# Long enough that the first look comes before it ends, even on a loaded machine; LIMIT is far longer.
+SHORT_WAIT = 5.0
 POLL = 0.02
 
 
@@ -165,13 +167,13 @@ def test_fires_when_the_open_period_ends_without_sleeping_a_whole_poll(
     make_breaker: Callable[..., CircuitBreaker], redis_connection: str
 ) -> None:
     breaker = make_breaker()
-    breaker.force_open(1.0)
+    breaker.force_open(SHORT_WAIT)
     trigger = watching(breaker, redis_connection, poll_interval=3600.0)  # a whole poll would outlast LIMIT
 
     assert run_until_event(trigger) == {"status": "ready", "state": "open"}  # open_until passed: a probe is due
     assert len(trigger.looks) >= 2
     assert all(state == "open" for _left, state in trigger.looks)
-    assert 0 < trigger.looks[0][0] <= 1.0
+    assert 0 < trigger.looks[0][0] <= SHORT_WAIT
 
 
 def test_half_open_with_every_probe_slot_taken_waits_for_the_probe(
@@ -200,7 +202,7 @@ def test_not_before_alone_waits_for_that_time_without_redis() -> None:
     past = Observed(not_before=time.time() - 1, poll_interval=POLL)
     assert run_until_event(past) == {"status": "ready", "state": None}
 
-    soon = Observed(not_before=time.time() + 1.0, poll_interval=3600.0)
+    soon = Observed(not_before=time.time() + SHORT_WAIT, poll_interval=3600.0)
     assert run_until_event(soon) == {"status": "ready", "state": None}
     assert soon.looks[0][0] > 0  # it did wait, for the time left and not a whole poll
 
@@ -208,7 +210,7 @@ def test_not_before_alone_waits_for_that_time_without_redis() -> None:
 def test_not_before_and_a_closed_breaker_wait_for_both(
     make_breaker: Callable[..., CircuitBreaker], redis_connection: str
 ) -> None:
-    trigger = watching(make_breaker(), redis_connection, not_before=time.time() + 1.0)
+    trigger = watching(make_breaker(), redis_connection, not_before=time.time() + SHORT_WAIT)
     assert run_until_event(trigger) == {"status": "ready", "state": "closed"}
     assert trigger.looks[0][0] > 0
 
