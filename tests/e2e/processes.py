@@ -2,37 +2,32 @@
 
 Airflow services fork (LocalExecutor workers, task supervisors, uvicorn workers): stopping only the
 parent would leave children behind, so a whole group gets SIGTERM, then SIGKILL after a deadline.
+The services are started by ``scripts/demo_airflow.py`` (:data:`demo_airflow`), which ``make demo``
+uses too.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.helpers import load_script
 
-process_groups = load_script(Path(__file__).resolve().parents[2] / "scripts" / "process_groups.py", "process_groups")
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+process_groups = load_script(SCRIPTS / "process_groups.py", "process_groups")
+# After process_groups: demo_airflow imports it by that name.
+demo_airflow = load_script(SCRIPTS / "demo_airflow.py", "demo_airflow")
 
 
 class ServiceProcess:
-    """One started command: ``name``, its log file and its process group."""
+    """One started service: ``name``, its log file and its process (the leader of its own group)."""
 
-    def __init__(self, name: str, command: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path) -> None:
+    def __init__(self, name: str, process: subprocess.Popen[bytes], log: Path) -> None:
         self.name = name
         self.log = log
-        with log.open("ab") as sink:
-            self.process = subprocess.Popen(
-                list(command),
-                env=dict(env),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own session, hence its own process group
-            )
-        self.pgid = self.process.pid
+        self.process = process
+        self.pgid = process.pid
 
     def alive(self) -> bool:
         """Whether the service's main process still runs."""

@@ -1,17 +1,16 @@
 """Real Airflow 3.3 services for the e2e tests: a fresh home and metadata DB, four services, the logs.
 
-What each setting is for is said next to it in :func:`airflow_env`. Everything runs the venv's
-``airflow``, which imports the provider installed in editable mode.
+The environment and the services are ``scripts/demo_airflow.py``'s (``make demo`` runs the same);
+what differs for the tests (PostgreSQL, a viewer, fast scheduler and dag-processor, the session's
+settings) is said next to it in :func:`airflow_env`. Everything runs the venv's ``airflow``, which
+imports the provider installed in editable mode.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -22,13 +21,14 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, make_url, text
 
-from tests.chaos.servers import free_port
-from tests.e2e.processes import ServiceProcess, tail
+from tests.e2e.processes import ServiceProcess, demo_airflow, tail
 
-AIRFLOW = Path(sys.executable).with_name("airflow")
+AIRFLOW: Path = demo_airflow.AIRFLOW
+SERVICES: tuple[str, ...] = demo_airflow.SERVICES
+ADMIN_USER: str = demo_airflow.ADMIN_USER
+VIEWER_USER = "viewer"
 POSTGRES_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
-SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
-ADMIN_USER, VIEWER_USER = "admin", "viewer"
+free_port = demo_airflow.free_port
 _MIGRATE_TIMEOUT = 300
 
 
@@ -93,9 +93,7 @@ class AirflowServices:
         }
         self.dags_folder.mkdir(parents=True, exist_ok=True)
         self.service_logs.mkdir(parents=True, exist_ok=True)
-        # The simple auth manager keeps the passwords of users it finds in this file and generates the
-        # others: writing it first gives the session known passwords.
-        self.passwords_file.write_text(json.dumps({u.username: u.password for u in self.users.values()}))
+        demo_airflow.write_passwords(self.passwords_file, {u.username: u.password for u in self.users.values()})
 
     @property
     def base_url(self) -> str:
@@ -140,17 +138,9 @@ class AirflowServices:
 
     def start(self) -> None:
         """Start every service (each in its own process group); readiness is the caller's to wait for."""
-        commands = {
-            "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            "scheduler": ["scheduler"],
-            "dag-processor": ["dag-processor"],
-            "triggerer": ["triggerer"],
-        }
-        env = self.env
-        for name, args in commands.items():
-            self.processes[name] = ServiceProcess(
-                name, [str(AIRFLOW), *args], env=env, cwd=self.home, log=self.service_logs / f"{name}.log"
-            )
+        started = demo_airflow.start_services(self.port, self.env, self.home, self.service_logs)
+        for name, process in started.items():
+            self.processes[name] = ServiceProcess(name, process, self.service_logs / f"{name}.log")
 
     def stop(self) -> None:
         """Stop every service, api-server last (the others talk to it until they are gone)."""
@@ -174,39 +164,29 @@ class AirflowServices:
 
 
 def airflow_env(services: AirflowServices, extra: Mapping[str, str]) -> dict[str, str]:
-    """The environment of every Airflow command of the session.
+    """The environment of every Airflow command of the session: ``scripts/demo_airflow.py``'s, with the
+    session's database, users and keys, and settings that make the services react fast.
 
     The test process's own ``AIRFLOW*`` variables (tests/conftest.py gives it a SQLite home) are left
     out: the services have their own home and database.
     """
-    base = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    shared: dict[str, str] = demo_airflow.airflow_env(
+        home=services.home,
+        dags_folder=services.dags_folder,
+        metadata_url=services.metadata_url,
+        port=services.port,
+        fernet_key=services.keys.fernet_key,
+        api_secret=services.keys.api_secret,
+        jwt_secret=services.keys.jwt_secret,
+        users={u.username: u.role for u in services.users.values()},
+        passwords_file=services.passwords_file,
+        log_server_ports=services.log_server_ports,
+    )
     settings = {
-        "AIRFLOW_HOME": str(services.home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(services.dags_folder),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": services.metadata_url,
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__FERNET_KEY": services.keys.fernet_key,
-        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         # Few task slots: the machine has 2 cores shared with other test runs.
         "AIRFLOW__CORE__PARALLELISM": "8",
-        # The simple auth manager: an admin and a viewer with the passwords of services.passwords_file.
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u.username}:{u.role}" for u in services.users.values()),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(services.passwords_file),
-        # Tasks reach the api-server's execution API here (default: localhost:8080, somebody else's).
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{services.base_url}/execution/",
-        "AIRFLOW__API__BASE_URL": services.base_url,
-        "AIRFLOW__API__PORT": str(services.port),
-        # One secret for all services: the scheduler signs the task tokens the api-server checks.
-        "AIRFLOW__API__SECRET_KEY": services.keys.api_secret,
-        "AIRFLOW__API_AUTH__JWT_SECRET": services.keys.jwt_secret,
-        # The log servers of workers and triggerer (defaults 8793/8794) on free ports: sessions run side by side.
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(services.log_server_ports[0]),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(services.log_server_ports[1]),
-        # A DAG file copied in by a test is seen within 2 s (default 300 s); one parser process.
+        # A DAG file copied in by a test is seen within 2 s (default 300 s).
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
-        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": "300",
         # The scheduler looks for work every second when idle (its default) and heartbeats every 2 s.
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
@@ -220,7 +200,7 @@ def airflow_env(services: AirflowServices, extra: Mapping[str, str]) -> dict[str
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "5",
     }
-    return {**base, **settings, **extra}
+    return {**shared, **settings, **extra}
 
 
 @dataclass
