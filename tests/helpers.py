@@ -35,6 +35,18 @@ def credentials_for(sandbox: SandboxServer, index: int = 0, **changes: Any) -> S
     return ServiceTitanCredentials(**fields)
 
 
+def sandbox_extra(sandbox: SandboxServer, index: int = 0) -> dict[str, str]:
+    """The extra of a ``servicetitan`` connection to sandbox credential ``index``, as a user fills it in."""
+    cred: SandboxCredential = sandbox.credentials[index]
+    return {
+        "app_key": cred.app_key,
+        "tenant_id": str(cred.tenant_id),
+        "environment": "integration",
+        "auth_url": sandbox.token_url,
+        "api_url": sandbox.base_url,
+    }
+
+
 def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **conn: Any) -> None:
     """Define an Airflow connection for one test, as an ``AIRFLOW_CONN_*`` environment variable."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))

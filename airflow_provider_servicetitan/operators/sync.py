@@ -193,14 +193,17 @@ class ServiceTitanSyncOperator(BaseOperator):
         reexports = self._reexports()
         credential = self.servicetitan_conn_id
         events = SyncEvents()
+        # Deferring needs the shared Redis: the triggerer watches the breaker there.
+        redis_conn_id = settings.redis_conn_id(self.redis_conn_id)
+        defer_with = redis_conn_id if self.deferrable else None
         hook = ServiceTitanHook(
             credential,
-            self.redis_conn_id,
+            redis_conn_id,
             retry_policy=RetryPolicy.preset(self.retry_preset) if self.retry_preset else None,
             breaker_config=self.breaker_config,
             namespace=self.redis_namespace,
             retry_listener=events.on_retry,
-            max_retry_after=self.defer_after.total_seconds() if self._may_defer() else None,
+            max_retry_after=self.defer_after.total_seconds() if defer_with is not None else None,
         )
         breakers: list[CircuitBreaker] = []
         probe_now = not resumed and self._asked_to_probe(context)
@@ -219,12 +222,9 @@ class ServiceTitanSyncOperator(BaseOperator):
                 on_error=partial(metrics.count_error, credential),
                 on_resource=partial(metrics.emit_resource_summary, credential),
             )
-        if breakers:
-            self._defer_if_held_back(outcome, breakers[0], deferred_since)
+        if breakers and defer_with is not None:
+            self._defer_if_held_back(outcome, breakers[0], deferred_since, defer_with)
         return self._task_result(outcome, context)
-
-    def _may_defer(self) -> bool:
-        return self.deferrable and settings.redis_conn_id(self.redis_conn_id) is not None
 
     def _asked_to_probe(self, context: Context) -> bool:
         """A person asked: ``probe_now``, or this try was started by a Clear (see
@@ -253,7 +253,7 @@ class ServiceTitanSyncOperator(BaseOperator):
             self.log.info("Circuit breaker %r is %s", client.breaker.name, state)
 
     def _defer_if_held_back(
-        self, outcome: CredentialOutcome, breaker: CircuitBreaker, deferred_since: float | None
+        self, outcome: CredentialOutcome, breaker: CircuitBreaker, deferred_since: float | None, redis_conn_id: str
     ) -> None:
         """Wait in the triggerer when the run stopped on an open breaker or a long rate-limit pause.
 
@@ -263,7 +263,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         stays open for longer than it said (a failed probe elsewhere, an operator's ``force_open``).
         """
         wait = outcome.held_back_for
-        if wait is None or outcome.error is None or not self._may_defer() or wait <= self.defer_after.total_seconds():
+        if wait is None or outcome.error is None or wait <= self.defer_after.total_seconds():
             return
         watch_breaker = isinstance(root_cause(outcome.error), CircuitBreakerOpenError)
         if watch_breaker and breaker.backend != "redis":
@@ -287,7 +287,7 @@ class ServiceTitanSyncOperator(BaseOperator):
             wait,
         )
         trigger = (
-            BreakerProbeTrigger.for_breaker(breaker, str(settings.redis_conn_id(self.redis_conn_id)))
+            BreakerProbeTrigger.for_breaker(breaker, redis_conn_id)
             if watch_breaker
             else BreakerProbeTrigger(not_before=now + wait)
         )

@@ -26,6 +26,7 @@ from airflow_provider_servicetitan.storage.store import SyncStore
 from tests.chaos.audit import Audit, audit
 from tests.e2e.rest import AirflowRest
 from tests.e2e.services import ADMIN_USER, AirflowServices, PhaseTimer, scratch_database
+from tests.helpers import sandbox_extra
 from tests.notifications.servers import WebhookReceiver
 
 DAG_ID = "servicetitan_sync"
@@ -199,13 +200,7 @@ def servicetitan_fields(sandbox: SandboxServer, index: int) -> dict[str, Any]:
     return {
         "login": cred.client_id,
         "password": cred.client_secret,
-        "extra": {
-            "app_key": cred.app_key,
-            "tenant_id": str(cred.tenant_id),
-            "environment": "integration",
-            "auth_url": sandbox.token_url,
-            "api_url": sandbox.base_url,
-        },
+        "extra": sandbox_extra(sandbox, index),
     }
 
 

@@ -9,7 +9,7 @@ from requests.adapters import HTTPAdapter
 from airflow_provider_servicetitan.catalog import RESOURCES
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.sandbox import SandboxServer
-from tests.helpers import set_connection
+from tests.helpers import sandbox_extra, set_connection
 
 
 def pooled_connections(session: requests.Session) -> int:
@@ -22,13 +22,7 @@ def test_leaving_the_hook_closes_the_client_and_the_next_get_conn_builds_a_new_o
     monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer, key_prefix: str
 ) -> None:
     cred = sandbox.credentials[0]
-    extra = {
-        "app_key": cred.app_key,
-        "tenant_id": str(cred.tenant_id),
-        "environment": "integration",
-        "auth_url": sandbox.token_url,
-        "api_url": sandbox.base_url,
-    }
+    extra = sandbox_extra(sandbox)
     set_connection(
         monkeypatch,
         "st_close",

@@ -46,32 +46,25 @@ def written_to(client: redis.Redis, key: str, databases: dict[int, redis.Redis])
     return [db for db, plain in databases.items() if plain.get(key) == b"here"]
 
 
-def test_the_database_of_a_uri_path_is_used(
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("", URI_DB), (f"?db={FORM_DB}", FORM_DB)],
+    ids=["the database of a URI path is used", "a db in the extra wins over the URI path"],
+)
+def test_the_database_of_a_uri(
     monkeypatch: pytest.MonkeyPatch,
     redis_address: tuple[str, int],
     key_prefix: str,
     database: dict[int, redis.Redis],
+    query: str,
+    expected: int,
 ) -> None:
     host, port = redis_address
-    monkeypatch.setenv("AIRFLOW_CONN_ST_URI_REDIS", f"redis://{host}:{port}/{URI_DB}")
+    monkeypatch.setenv("AIRFLOW_CONN_ST_URI_REDIS", f"redis://{host}:{port}/{URI_DB}{query}")
 
     client = redis_from_connection("st_uri_redis")
 
-    assert written_to(client, f"{key_prefix}:uri", database) == [URI_DB]
-
-
-def test_a_db_in_the_extra_wins_over_the_uri_path(
-    monkeypatch: pytest.MonkeyPatch,
-    redis_address: tuple[str, int],
-    key_prefix: str,
-    database: dict[int, redis.Redis],
-) -> None:
-    host, port = redis_address
-    monkeypatch.setenv("AIRFLOW_CONN_ST_URI_REDIS", f"redis://{host}:{port}/{URI_DB}?db={FORM_DB}")
-
-    client = redis_from_connection("st_uri_redis")
-
-    assert written_to(client, f"{key_prefix}:both", database) == [FORM_DB]
+    assert written_to(client, f"{key_prefix}:uri", database) == [expected]
 
 
 def test_the_fields_of_the_connection_form_are_used(

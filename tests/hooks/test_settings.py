@@ -14,6 +14,7 @@ from airflow_provider_servicetitan.hooks import settings
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.notifications import ServiceTitanAlertNotifier, dead_letter_alert
 from airflow_provider_servicetitan.sandbox import SandboxServer
+from tests.helpers import sandbox_extra
 
 NAMESPACE_ENV = "AIRFLOW__SERVICETITAN__REDIS_NAMESPACE"
 CONN_ID_ENV = "AIRFLOW__SERVICETITAN__REDIS_CONN_ID"
@@ -29,13 +30,7 @@ def no_configured_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def servicetitan_connection(sandbox: SandboxServer) -> Connection:
     """A ServiceTitan connection as the connection form submits it, with the id the Test button gives it."""
     cred = sandbox.credentials[0]
-    extra = {
-        "app_key": cred.app_key,
-        "tenant_id": str(cred.tenant_id),
-        "environment": "integration",
-        "auth_url": sandbox.token_url,
-        "api_url": sandbox.base_url,
-    }
+    extra = sandbox_extra(sandbox)
     return Connection(
         conn_id=f"st_button_{uuid.uuid4().hex[:8]}",
         conn_type="servicetitan",
