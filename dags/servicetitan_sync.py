@@ -14,7 +14,8 @@ parsed, come from environment variables so that no Variable is read at parse tim
 - ``SERVICETITAN_WAREHOUSE_CONN_ID``: where data goes, ``servicetitan_warehouse`` by default;
 - ``SERVICETITAN_TABLE_PREFIX``: the warehouse table prefix (``servicetitan``);
 - ``SERVICETITAN_ALERT_WEBHOOK_CONN_ID`` / ``SERVICETITAN_ALERT_EMAIL``: alert channels (optional);
-- ``SERVICETITAN_DEAD_LETTER_THRESHOLD``: parked records per credential that call a person (50).
+- ``SERVICETITAN_DEAD_LETTER_THRESHOLD``: parked records per credential that call a person (50);
+- ``SERVICETITAN_MAX_CONCURRENCY``: resources of one credential synced at the same time (4).
 
 The shared Redis (tokens, breakers, alert deduplication) and its key prefix are the provider's
 ``[servicetitan] redis_conn_id`` / ``redis_namespace`` settings, the same for this DAG, the hook and
@@ -46,6 +47,7 @@ from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAle
 from airflow_provider_servicetitan.operators.recovery import ServiceTitanRecoveryOperator
 from airflow_provider_servicetitan.operators.report import ServiceTitanReportOperator
 from airflow_provider_servicetitan.operators.sync import CREDENTIAL_TASK_DEFAULTS, ServiceTitanSyncOperator
+from airflow_provider_servicetitan.sync.credential import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_servicetitan.sync.reexport import REEXPORT_FROM_START, check_reexport_request
 from airflow_provider_servicetitan.task_retry import ServiceTitanRetryPolicy
 
@@ -154,6 +156,7 @@ with DAG(
             reexport_from="{{ (params.reexport_from or '') " + _IF_REEXPORTED_HERE + " }}",
             reexport_resources="{{ (params.reexport_resources or []) | join(',') " + _IF_REEXPORTED_HERE + " }}",
             probe_now="{{ params.probe_now }}",
+            max_concurrency=int(os.environ.get("SERVICETITAN_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY)),
             **per_credential,
         )
         recovered = ServiceTitanRecoveryOperator(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -88,3 +90,11 @@ def load_script(path: Path, name: str) -> ModuleType:
 
 #: ``scripts/local_servers.py``: the Redis and PostgreSQL ``make test`` and ``make demo`` start.
 local_servers = load_script(Path(__file__).resolve().parents[1] / "scripts" / "local_servers.py", "local_servers")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll an observable condition (not a fixed sleep) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)

@@ -41,8 +41,9 @@ from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
+from airflow_provider_servicetitan.resilience.checks import require_positive_int
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
-from airflow_provider_servicetitan.sync.credential import CredentialOutcome, sync_credential
+from airflow_provider_servicetitan.sync.credential import DEFAULT_MAX_CONCURRENCY, CredentialOutcome, sync_credential
 from airflow_provider_servicetitan.sync.engine import SyncEvents
 from airflow_provider_servicetitan.sync.reexport import Reexport, parse_reexport_from, parse_reexport_resources
 from airflow_provider_servicetitan.task_retry import started_by_clear
@@ -109,6 +110,8 @@ class ServiceTitanSyncOperator(BaseOperator):
         (templated, e.g. from a DAG param). A try started by a person's Clear does so anyway.
     :param asset_alias: the asset alias the synced resources are announced through (``None``: no
         asset events).
+    :param max_concurrency: how many of the credential's resources sync at the same time, each in
+        a thread of this task, all paced by the tenant's shared rate limiter (default 4).
 
     Returns (XCom) the run's sync-log rows of this credential, with the counters of ``sync_log``:
     ``{resource: {status, message, pages, records_processed, records_successful, ...}}``. Before
@@ -146,6 +149,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         max_deferred: timedelta = timedelta(hours=1),
         probe_now: bool | str = False,
         asset_alias: str | None = SERVICETITAN_ASSET_ALIAS,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         **kwargs: Any,
     ) -> None:
         for name, value in CREDENTIAL_TASK_DEFAULTS.items():
@@ -156,6 +160,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         for name, value in (("defer_after", defer_after), ("max_deferred", max_deferred)):
             if not isinstance(value, timedelta) or value <= timedelta(0):
                 raise ValueError(f"{name} must be a positive timedelta, got {value!r}")
+        require_positive_int(max_concurrency, "max_concurrency")
         self.servicetitan_conn_id = servicetitan_conn_id
         self.servicetitan_resources = (
             list(servicetitan_resources) if servicetitan_resources is not None else list(EXPORTABLE_RESOURCES)
@@ -175,6 +180,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         self.max_deferred = max_deferred
         self.probe_now = probe_now
         self.asset_alias = asset_alias
+        self.max_concurrency = max_concurrency
 
     def execute(self, context: Context) -> dict[str, dict[str, object]]:
         return self._sync(context, resumed=False, deferred_since=None)
@@ -221,6 +227,7 @@ class ServiceTitanSyncOperator(BaseOperator):
                 on_connect=partial(self._on_connect, breakers=breakers, probe_now=probe_now),
                 on_error=partial(metrics.count_error, credential),
                 on_resource=partial(metrics.emit_resource_summary, credential),
+                max_concurrency=self.max_concurrency,
             )
         if breakers and defer_with is not None:
             self._defer_if_held_back(outcome, breakers[0], deferred_since, defer_with)

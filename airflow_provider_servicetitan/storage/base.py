@@ -16,6 +16,7 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine, Row, Select, Table, select
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import StaticPool
 
 from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.storage.dialects import SUPPORTED_DIALECTS, create_store_engine
@@ -38,6 +39,12 @@ class StoreBase:
             raise ValueError(
                 f"the sync store supports {' and '.join(SUPPORTED_DIALECTS)}, not {self.engine.dialect.name}"
             )
+
+    @property
+    def one_writer_at_a_time(self) -> bool:
+        """Whether every thread shares one database connection (in-memory SQLite), so that writers
+        must take turns in one thread: their transactions would otherwise interleave."""
+        return isinstance(self.engine.pool, StaticPool)
 
     def close(self) -> None:
         """Release the connections of an engine the store created (a given engine is left alone)."""

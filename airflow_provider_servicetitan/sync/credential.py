@@ -7,11 +7,12 @@ The rules, in order:
 2. A credential already marked ``needs_attention`` with the same secret (fingerprint) is known bad:
    each resource gets a ``skipped`` run-log row and nothing is called, so ServiceTitan is not asked
    again with a secret it rejected (account lock-outs). A changed secret is tried again.
-3. Each resource syncs from its checkpoint. A rejected credential stops the run and needs
-   attention. An open circuit breaker (or a rate limit that outlasted the retries) stops it too:
-   the other resources share that breaker and tenant, so calling them would only wait or be
-   refused; the caller can wait for the breaker without holding a worker (``held_back_for``). Any
-   other failure is recorded and the other resources still sync.
+3. Each resource syncs from its checkpoint, several at once (``max_concurrency``). A rejected
+   credential stops the run (no resource starts after it) and needs attention. An open circuit
+   breaker (or a rate limit that outlasted the retries) stops it too: the other resources share
+   that breaker and tenant, so calling them would only wait or be refused; the caller can wait for
+   the breaker without holding a worker (``held_back_for``). Any other failure is recorded and the
+   other resources still sync.
 4. A failed or unlicensed (skipped) resource leaves the credential ``degraded``, naming them; the
    first failure is handed back so the caller can retry the run. Otherwise it is ``ok``, and the
    incidents of :data:`RESOLVED_BY_A_CLEAN_SYNC` are over.
@@ -21,9 +22,12 @@ The caller (the Airflow operator) maps the :class:`CredentialOutcome` to a task 
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Literal, Protocol
@@ -37,12 +41,21 @@ from airflow_provider_servicetitan.errors import (
     RateLimitExceededError,
     root_cause,
 )
+from airflow_provider_servicetitan.resilience.breaker import BreakerState
+from airflow_provider_servicetitan.resilience.checks import require_positive_int
 from airflow_provider_servicetitan.storage.models import RunLog
 from airflow_provider_servicetitan.storage.store import SyncStore
 from airflow_provider_servicetitan.sync.engine import ResourceSummary, SyncEvents, sync_resource
 from airflow_provider_servicetitan.sync.reexport import Reexport
 
-__all__ = ["RESOLVED_BY_A_CLEAN_SYNC", "ClientFactory", "CredentialOutcome", "OutcomeKind", "sync_credential"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "RESOLVED_BY_A_CLEAN_SYNC",
+    "ClientFactory",
+    "CredentialOutcome",
+    "OutcomeKind",
+    "sync_credential",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +64,9 @@ OutcomeKind = Literal["skipped_known_bad", "needs_attention", "degraded", "ok"]
 # Kinds of incident (alert kinds) a clean sync ends. Too many dead letters ends only when the
 # report counts fewer.
 RESOLVED_BY_A_CLEAN_SYNC: tuple[str, ...] = ("needs_attention", "retries_exhausted", "circuit_opened")
+#: Resources of one credential that sync at the same time, by default: enough to keep the tenant's
+#: rate limit (60 requests/s) busy at ~65 ms per request; the rate limiter paces them.
+DEFAULT_MAX_CONCURRENCY = 4
 # Resource statuses that leave the credential degraded (a ``partial`` one parked records: still ok).
 _DEGRADING = ("failed", "skipped")
 
@@ -138,8 +154,13 @@ def sync_credential(
     on_error: Callable[[Exception], None] | None = None,
     on_resource: Callable[[ResourceSummary, float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
 ) -> CredentialOutcome:
     """Run ``credential``'s sync of ``resources`` for ``run_id`` and record its status in ``store``.
+
+    Up to ``max_concurrency`` resources sync at once, each in a thread of its own, all through the
+    credential's one client (its breaker, token and rate limiter are shared by every thread). A
+    store on in-memory SQLite (one connection for every thread) syncs one resource at a time.
 
     :param factory: gives the credential (checked before anything else) and the client.
     :param reexports: resources to re-export instead of resuming, with where from.
@@ -148,7 +169,9 @@ def sync_credential(
     :param on_error: told of every error a resource's sync raised (metrics).
     :param on_resource: told of each resource's summary and how long it took (metrics).
     :param clock: monotonic seconds, for the durations given to ``on_resource``.
+    :param max_concurrency: how many resources sync at the same time (>= 1).
     """
+    require_positive_int(max_concurrency, "max_concurrency")
     events = events or SyncEvents()
     try:
         fingerprint = factory.get_credentials().secret_fingerprint
@@ -168,48 +191,30 @@ def sync_credential(
     if on_connect is not None:
         on_connect(client)
 
-    summaries: dict[str, ResourceSummary] = {}
-    # The error handed back: the first failure, or the one that held the run back (it says how long).
-    handed_back: Exception | None = None
-    for position, resource in enumerate(resources):
-        started = clock()
-        held_back = False
-        try:
-            summaries[resource] = sync_resource(
-                client,
-                store,
-                credential=credential,
-                resource=resource,
-                run_id=run_id,
-                include_recent_changes=include_recent_changes,
-                events=events,
-                reexport=(reexports or {}).get(resource),
-            )
-        except InvalidCredentialsError as rejected:
-            if on_error is not None:
-                on_error(rejected)
-            return _needs_attention(store, credential, rejected, fingerprint)
-        except Exception as error:
-            if on_error is not None:
-                on_error(error)
-            summaries[resource] = ResourceSummary(resource, "failed", message=f"{type(error).__name__}: {error}")
-            held_back = wait_asked_by(error) is not None
-            handed_back = error if held_back else handed_back or error
-            log.warning(
-                "Sync of %s failed (%s); %s",
-                resource,
-                error,
-                "leaving the other resources for later" if held_back else "continuing with the other resources",
-            )
-        if on_resource is not None:
-            on_resource(summaries[resource], clock() - started)
-        if held_back:
-            return _degraded(
-                store, credential, fingerprint, run_id, client, summaries, handed_back, resources[position + 1 :]
-            )
-
+    batch = _ResourceBatch(
+        client,
+        store,
+        credential=credential,
+        run_id=run_id,
+        include_recent_changes=include_recent_changes,
+        events=events,
+        reexports=reexports or {},
+        on_error=on_error,
+        on_resource=on_resource,
+        clock=clock,
+    )
+    concurrency = 1 if store.one_writer_at_a_time else max_concurrency
+    # A breaker that is not closed admits only its probes: one resource goes first, the others
+    # follow once it got through, instead of being refused while it probes.
+    batch.run(resources, concurrency, probe_first=client.breaker.state is not BreakerState.CLOSED)
+    summaries = {resource: batch.summaries[resource] for resource in resources if resource in batch.summaries}
+    if batch.rejected is not None:
+        return _needs_attention(store, credential, batch.rejected, fingerprint)
+    if batch.held_back:
+        not_attempted = [resource for resource in resources if resource not in summaries]
+        return _degraded(store, credential, fingerprint, run_id, client, summaries, batch.handed_back, not_attempted)
     if any(summary.status in _DEGRADING for summary in summaries.values()):
-        return _degraded(store, credential, fingerprint, run_id, client, summaries, handed_back, ())
+        return _degraded(store, credential, fingerprint, run_id, client, summaries, batch.handed_back, ())
     store.set_credential_status(credential, "ok", None, fingerprint)
     return CredentialOutcome(
         "ok",
@@ -218,6 +223,99 @@ def sync_credential(
         tenant_id=client.tenant_id,
         run_log=_run_log(store, run_id, credential),
     )
+
+
+class _ResourceBatch:
+    """Syncs a credential's resources, up to ``concurrency`` at a time, and keeps what they did.
+
+    It starts no new resource once one was rejected (the credential needs attention: every other
+    call would be refused too) or held back (an open breaker or a rate limit: the others share the
+    breaker and the tenant). Resources already running finish their own way. Callbacks run in the
+    calling thread, as each resource ends.
+    """
+
+    def __init__(
+        self,
+        client: ServiceTitanClient,
+        store: SyncStore,
+        *,
+        credential: str,
+        run_id: str,
+        include_recent_changes: bool,
+        events: SyncEvents,
+        reexports: Mapping[str, Reexport],
+        on_error: Callable[[Exception], None] | None,
+        on_resource: Callable[[ResourceSummary, float], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._sync = functools.partial(
+            sync_resource,
+            client,
+            store,
+            credential=credential,
+            run_id=run_id,
+            include_recent_changes=include_recent_changes,
+            events=events,
+        )
+        self._reexports = reexports
+        self._on_error = on_error
+        self._on_resource = on_resource
+        self._clock = clock
+        self.summaries: dict[str, ResourceSummary] = {}
+        self.rejected: InvalidCredentialsError | None = None
+        self.held_back = False
+        # The error handed back: the first failure, or the one that held the run back (it says how long).
+        self.handed_back: Exception | None = None
+
+    def run(self, resources: Sequence[str], concurrency: int, *, probe_first: bool = False) -> None:
+        """Sync ``resources``, ``concurrency`` at a time; with ``probe_first``, one at a time until
+        one of them succeeds."""
+        waiting = list(resources)
+        running: dict[Future[ResourceSummary], tuple[str, float]] = {}
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="servicetitan-resource") as pool:
+            while running or (waiting and not self._stopping):
+                got_through = any(summary.status != "failed" for summary in self.summaries.values())
+                limit = 1 if probe_first and not got_through else concurrency
+                while waiting and len(running) < limit and not self._stopping:
+                    resource = waiting.pop(0)
+                    sync = functools.partial(self._sync, resource=resource, reexport=self._reexports.get(resource))
+                    future = pool.submit(contextvars.copy_context().run, sync)
+                    running[future] = (resource, self._clock())
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    resource, started = running.pop(future)
+                    self._settle(resource, future)
+                    if self._on_resource is not None and resource in self.summaries:
+                        self._on_resource(self.summaries[resource], self._clock() - started)
+
+    @property
+    def _stopping(self) -> bool:
+        return self.rejected is not None or self.held_back
+
+    def _settle(self, resource: str, future: Future[ResourceSummary]) -> None:
+        error = future.exception()
+        if error is None:
+            self.summaries[resource] = future.result()
+            return
+        if not isinstance(error, Exception):
+            raise error
+        if self._on_error is not None:
+            self._on_error(error)
+        if isinstance(error, InvalidCredentialsError):
+            self.rejected = self.rejected or error
+            return
+        self.summaries[resource] = ResourceSummary(resource, "failed", message=f"{type(error).__name__}: {error}")
+        held_back = wait_asked_by(error) is not None
+        if held_back and not self.held_back:
+            self.handed_back = error
+        self.held_back = self.held_back or held_back
+        self.handed_back = self.handed_back or error
+        log.warning(
+            "Sync of %s failed (%s); %s",
+            resource,
+            error,
+            "leaving the other resources for later" if held_back else "continuing with the other resources",
+        )
 
 
 def _degraded(

@@ -2,8 +2,9 @@
 
 For each page: every record is validated; the valid ones are upserted and the page's
 ``continueFrom`` saved in the same transaction, the invalid ones parked as dead letters in it too.
-Only one page is in memory. A failure leaves the checkpoint at the last committed page, so a retry
-resumes there, and because writes are upserts by (tenant, id), re-running never duplicates.
+Page N+1 is fetched while page N commits (see :mod:`.prefetch`): at most three pages are in
+memory, whatever the size of the export. A failure leaves the checkpoint at the last committed
+page, so a retry resumes there, and because writes are upserts by (tenant, id), re-running never duplicates.
 
 Before it starts, a sync closes the log rows of earlier runs of the same credential and resource
 that were left ``running`` by a process that is gone (see :mod:`.liveness`); its own row records
@@ -14,7 +15,13 @@ this process as owner and gets a heartbeat with every committed page. A re-expor
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import timedelta
 
 from airflow_provider_servicetitan.catalog import get_resource
@@ -26,6 +33,7 @@ from airflow_provider_servicetitan.storage.models import DeadLetterIn, RunStatus
 from airflow_provider_servicetitan.storage.records import ValidRecord
 from airflow_provider_servicetitan.storage.store import SyncStore
 from airflow_provider_servicetitan.sync.liveness import STALE_AFTER, close_interrupted_runs, syncing
+from airflow_provider_servicetitan.sync.prefetch import prefetched
 from airflow_provider_servicetitan.sync.records import validate_record
 from airflow_provider_servicetitan.sync.reexport import Reexport
 
@@ -45,18 +53,48 @@ class ResourceSummary:
     message: str | None = None
 
 
+_counted_resource: ContextVar[str | None] = ContextVar("servicetitan_counted_resource", default=None)
+
+
 @dataclass
 class SyncEvents:
-    """Counts retries and breaker transitions while a sync runs (hooked to the policy and breaker)."""
+    """Counts retries and breaker transitions while a sync runs (hooked to the policy and breaker).
+
+    ``retries`` and ``breaker_events`` are the totals. Resources of one credential sync in several
+    threads at once (and each fetches its pages in a thread of its own): an event is also counted
+    for the resource whose sync caused it, the one :meth:`counting_for` names in that thread's
+    context, so each resource's log row gets its own.
+    """
 
     retries: int = 0
     breaker_events: int = 0
+    _retries_of: Counter[str | None] = dataclass_field(default_factory=Counter, repr=False)
+    _transitions_of: Counter[str | None] = dataclass_field(default_factory=Counter, repr=False)
+    _lock: threading.Lock = dataclass_field(default_factory=threading.Lock, repr=False, compare=False)
 
     def on_retry(self, _event: RetryEvent) -> None:
-        self.retries += 1
+        with self._lock:
+            self.retries += 1
+            self._retries_of[_counted_resource.get()] += 1
 
     def on_transition(self, _transition: BreakerTransition) -> None:
-        self.breaker_events += 1
+        with self._lock:
+            self.breaker_events += 1
+            self._transitions_of[_counted_resource.get()] += 1
+
+    @contextmanager
+    def counting_for(self, resource: str) -> Iterator[None]:
+        """Count the events of this context (and of the threads it starts) for ``resource`` too."""
+        token = _counted_resource.set(resource)
+        try:
+            yield
+        finally:
+            _counted_resource.reset(token)
+
+    def of(self, resource: str) -> tuple[int, int]:
+        """Retries and breaker transitions counted for ``resource`` so far."""
+        with self._lock:
+            return self._retries_of[resource], self._transitions_of[resource]
 
 
 def split_page(resource: str, page: ExportPage) -> tuple[list[ValidRecord], list[DeadLetterIn]]:
@@ -97,42 +135,29 @@ def sync_resource(
         taken for interrupted (see :mod:`.liveness`).
     """
     events = events or SyncEvents()
-    retries_before, breaker_events_before = events.retries, events.breaker_events
+    retries_before, breaker_events_before = events.of(resource)
 
     def finish(status: RunStatus, message: str | None) -> None:
+        retries, breaker_events = events.of(resource)
         store.finish_run(
             run_id,
             credential,
             resource,
             status,
             message,
-            retries=events.retries - retries_before,
-            breaker_events=events.breaker_events - breaker_events_before,
+            retries=retries - retries_before,
+            breaker_events=breaker_events - breaker_events_before,
         )
 
     summary = ResourceSummary(resource=resource, status="success")
     close_interrupted_runs(store, credential, resource, by_run_id=run_id, stale_after=stale_after)
-    with syncing(run_id, credential, resource) as owner:
+    with syncing(run_id, credential, resource) as owner, events.counting_for(resource):
         store.start_run(run_id, credential, resource, owner)
         start, restart = _starting_point(store, credential, resource, run_id, reexport)
+        pages = client.export(resource, continue_from=start, include_recent_changes=include_recent_changes)
         try:
-            for page in client.export(resource, continue_from=start, include_recent_changes=include_recent_changes):
-                good, bad = split_page(resource, page)
-                store.commit_page(
-                    credential=credential,
-                    tenant_id=client.tenant_id,
-                    resource=resource,
-                    run_id=run_id,
-                    records=good,
-                    dead_letters=bad,
-                    continue_from=page.continue_from,
-                    restart_checkpoint=restart,
-                )
-                restart = False
-                summary.pages += 1
-                summary.processed += len(good) + len(bad)
-                summary.successful += len(good)
-                summary.failed += len(bad)
+            with prefetched(pages, name=f"servicetitan-fetch-{resource}") as ahead:
+                _store_pages(store, client.tenant_id, ahead, summary, credential, resource, run_id, restart)
         except PermissionDeniedError as denied:
             summary.status = "skipped"
             summary.message = f"not licensed or not permitted: {denied}"
@@ -157,6 +182,36 @@ def sync_resource(
         summary.failed,
     )
     return summary
+
+
+def _store_pages(
+    store: SyncStore,
+    tenant_id: int,
+    pages: Iterable[ExportPage],
+    summary: ResourceSummary,
+    credential: str,
+    resource: str,
+    run_id: str,
+    restart: bool,
+) -> None:
+    """Commit each page with its checkpoint, in order, counting it in ``summary``."""
+    for page in pages:
+        good, bad = split_page(resource, page)
+        store.commit_page(
+            credential=credential,
+            tenant_id=tenant_id,
+            resource=resource,
+            run_id=run_id,
+            records=good,
+            dead_letters=bad,
+            continue_from=page.continue_from,
+            restart_checkpoint=restart,
+        )
+        restart = False
+        summary.pages += 1
+        summary.processed += len(good) + len(bad)
+        summary.successful += len(good)
+        summary.failed += len(bad)
 
 
 def _starting_point(

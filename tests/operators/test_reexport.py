@@ -34,7 +34,7 @@ PAGE_SIZE = 40
 # Airflow retries at once; a breaker that stays closed, so a retry meets the sandbox as it is.
 IMMEDIATE_RETRIES = {"retry_delay": timedelta(0), "retry_exponential_backoff": 0}
 STEADY_BREAKER = {"failure_threshold": 100, "minimum_calls": 100}
-# The in-call retries of the test connections (RETRY_SETTINGS): this many 429s fail the task.
+# The in-call retries of the test connections (RETRY_SETTINGS): this many failed calls fail the task.
 IN_CALL_ATTEMPTS = 3
 
 
@@ -61,26 +61,34 @@ def sync_dag(env, conn_id: str, **sync_args: Any):
 
 
 @contextmanager
-def after_first_checkpoint(table_prefix: str, action: Callable[[], object]) -> Iterator[None]:
-    """Run ``action`` once, when a sync first writes a checkpoint of the store ``table_prefix``.
+def failing_after_first_checkpoint(env) -> Iterator[None]:
+    """ServiceTitan fails every call from the moment a sync first writes a checkpoint.
 
-    That write is in the transaction of the page it belongs to, so the sync's next request comes
-    after ``action``: a deterministic "between page 1 and page 2", observed on SQLAlchemy itself.
+    That write is in the transaction of the page it belongs to, and the sandbox holds the next
+    request (``hold_after_pages``) until then, however far ahead the sync fetches: a deterministic
+    "between page 1 and page 2", observed on SQLAlchemy itself.
     """
     done: list[bool] = []
-    marker = f"INSERT INTO {table_prefix}_sync_state"
+    marker = f"INSERT INTO {env.warehouse.table_prefix}_sync_state"
 
     def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         if not done and statement.lstrip().startswith(marker):
             done.append(True)
-            action()
+            env.sandbox.admin.set_faults(error_rate=1.0, hold_after_pages=None)
 
+    env.sandbox.admin.set_faults(hold_after_pages=1)
     event.listen(Engine, "after_cursor_execute", on_statement)
     try:
         yield
     finally:
         event.remove(Engine, "after_cursor_execute", on_statement)
+        env.sandbox.admin.set_faults(hold_after_pages=None)
     assert done, "no checkpoint was written"
+
+
+def service_back(env) -> Callable[[Any], None]:
+    """An ``on_retry_callback``: ServiceTitan answers again before the next try."""
+    return lambda _context: env.sandbox.admin.set_faults(error_rate=0.0)
 
 
 @pytest.mark.parametrize("value", [None, "", "  "])
@@ -210,22 +218,27 @@ def test_an_interrupted_reexport_is_resumed_by_the_retry_of_its_run(operator_env
     pages = math.ceil(len(truth) / PAGE_SIZE)
     before = export_requests(env)
 
-    # After the re-export's first page, ServiceTitan answers 429 long enough to fail the first try.
-    with after_first_checkpoint(
-        env.warehouse.table_prefix, lambda: env.sandbox.admin.set_faults(burst_429=IN_CALL_ATTEMPTS)
-    ):
+    # After the re-export's first page, ServiceTitan fails every call until the first try is over.
+    with failing_after_first_checkpoint(env):
         dagrun = env.run(
             sync_dag(
-                env, conn_id, reexport_from="start", reexport_resources=["customers"], retries=1, **IMMEDIATE_RETRIES
+                env,
+                conn_id,
+                reexport_from="start",
+                reexport_resources=["customers"],
+                retries=1,
+                on_retry_callback=service_back(env),
+                max_concurrency=1,
+                **IMMEDIATE_RETRIES,
             )
         )
 
     ti = dagrun.get_task_instance(f"sync_{conn_id}")
     assert (ti.state, ti.try_number) == ("success", 2)
-    # Try 1: customers page 1 and its 429s; jobs is left for later (the tenant is rate limited).
+    # Try 1: customers page 1 and its failed attempts, then jobs' failed attempts.
     # Try 2: customers from page 2 on (a restart would read page 1 again, the old checkpoint none at
     # all), and jobs (caught up: one request).
-    assert export_requests(env) - before == (1 + IN_CALL_ATTEMPTS) + (pages - 1 + 1)
+    assert export_requests(env) - before == (1 + IN_CALL_ATTEMPTS) + IN_CALL_ATTEMPTS + (pages - 1 + 1)
     assert env.stored(0, "customers") == truth
     with closing(env.warehouse.store()) as store:
         (row,) = [row for row in store.get_run_log(dagrun.run_id) if row.resource == "customers"]
@@ -242,12 +255,13 @@ def test_an_interrupted_reexport_is_finished_by_the_next_run_not_dropped(operato
     lose(env, 0, "customers")
     truth = env.truth(0, "customers")
 
-    with after_first_checkpoint(
-        env.warehouse.table_prefix, lambda: env.sandbox.admin.set_faults(burst_429=IN_CALL_ATTEMPTS)
-    ):
+    with failing_after_first_checkpoint(env):
         interrupted = env.run(
-            sync_dag(env, conn_id, reexport_from="start", reexport_resources=["customers"], retries=0)
+            sync_dag(
+                env, conn_id, reexport_from="start", reexport_resources=["customers"], retries=0, max_concurrency=1
+            )
         )
+    env.sandbox.admin.set_faults(error_rate=0.0)
 
     assert interrupted.get_task_instance(f"sync_{conn_id}").state == "failed"
     with closing(env.warehouse.store()) as store:

@@ -4,7 +4,9 @@ store, and the sandbox where ServiceTitan must answer."""
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,7 @@ def test_a_clean_sync_is_ok_and_resolves_the_credential_incidents(start_sandbox,
         on_connect=connected.append,
         on_resource=lambda summary, seconds: timed.append((summary.resource, summary.status, seconds)),
         clock=itertools.count().__next__,
+        max_concurrency=1,  # one after another: each resource takes exactly one tick of the clock
     )
 
     assert outcome.kind == "ok"
@@ -240,18 +243,68 @@ def test_failures_leave_it_degraded_and_hand_back_the_first_error(start_sandbox,
     assert all(f"{resource}: RetryExhaustedError" in (status.reason or "") for resource in RESOURCES)
 
 
-def test_an_open_breaker_stops_the_run_and_says_how_long_to_wait(start_sandbox, make_client, store) -> None:
+def test_resources_sync_at_the_same_time_up_to_max_concurrency(
+    start_sandbox, make_client, store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = start_sandbox(records=30)
+    credentials = credentials_for(sandbox)
+    # Every API request waits until the faults change: the syncs in progress pile up there.
+    sandbox.admin.set_faults(hold_after_pages=0)
+    syncing: set[str] = set()
+    most_at_once = 0
+    lock = threading.Lock()
+    start_run, finish_run = store.start_run, store.finish_run
+
+    def started(run_id: str, credential: str, resource: str, *args: object) -> None:
+        nonlocal most_at_once
+        with lock:
+            syncing.add(resource)
+            most_at_once = max(most_at_once, len(syncing))
+        start_run(run_id, credential, resource, *args)
+
+    def finished(run_id: str, credential: str, resource: str, *args: object, **kwargs: object) -> None:
+        finish_run(run_id, credential, resource, *args, **kwargs)
+        with lock:
+            syncing.discard(resource)
+
+    monkeypatch.setattr(store, "start_run", started)
+    monkeypatch.setattr(store, "finish_run", finished)
+    with ThreadPoolExecutor(1) as runner:
+        running = runner.submit(run, Factory(lambda: credentials, make_client), store, max_concurrency=2)
+        sandbox.admin.wait_for_held(2, timeout=60)  # two resources wait for ServiceTitan at once
+        sandbox.admin.set_faults(hold_after_pages=None)
+        outcome = running.result(timeout=120)
+
+    assert outcome.kind == "ok"
+    assert list(outcome.summaries) == RESOURCES
+    assert most_at_once == 2
+    assert run_log(store, "run-1") == dict.fromkeys(RESOURCES, "success")
+
+
+def test_max_concurrency_must_be_a_positive_whole_number(store: SyncStore) -> None:
+    with pytest.raises(ValueError, match="max_concurrency"):
+        run(Factory(offline_credentials()), store, max_concurrency=0)
+
+
+@pytest.mark.parametrize(
+    ("max_concurrency", "tried", "not_attempted"),
+    [(1, ["customers"], ("jobs", "invoices")), (2, ["customers", "jobs"], ("invoices",))],
+)
+def test_an_open_breaker_stops_the_run_and_says_how_long_to_wait(
+    start_sandbox, make_client, store, max_concurrency: int, tried: list[str], not_attempted: tuple[str, ...]
+) -> None:
     sandbox = start_sandbox(records=30)
     credentials = credentials_for(sandbox)
     sandbox.admin.set_faults(error_rate=1.0)
     events = SyncEvents()
-    # Opens on the first resource's second failure, for 300 s: its third attempt is refused.
+    # Opens on the second failure, for 300 s: the next attempts are refused.
     opens_at_once = BreakerConfig(failure_threshold=2, minimum_calls=2, open_seconds=300)
 
     outcome = run(
         Factory(lambda: credentials, make_client, retry_policy=FAST_RETRIES, breaker_config=opens_at_once),
         store,
         events=events,
+        max_concurrency=max_concurrency,
     )
 
     assert outcome.kind == "degraded"
@@ -259,14 +312,14 @@ def test_an_open_breaker_stops_the_run_and_says_how_long_to_wait(start_sandbox, 
     assert isinstance(root_cause(outcome.error), CircuitBreakerOpenError)
     assert outcome.held_back_for is not None
     assert 290 < outcome.held_back_for <= 300
-    # The other resources share the breaker: they are left for later, not refused one by one.
-    assert outcome.not_attempted == ("jobs", "invoices")
+    # The resources not started yet share the breaker: they are left for later, not refused one by one.
+    assert outcome.not_attempted == not_attempted
     assert events.breaker_events == 1
-    assert run_log(store, "run-1") == {"customers": "failed"}
+    assert run_log(store, "run-1") == dict.fromkeys(tried, "failed")
     status = store.get_credential_status(CRED)
     assert status is not None
     assert status.status == "degraded"
-    assert "not attempted until ServiceTitan may be called again: jobs, invoices" in (status.reason or "")
+    assert f"not attempted until ServiceTitan may be called again: {', '.join(not_attempted)}" in (status.reason or "")
 
 
 def test_the_summary_counts_what_every_try_of_the_run_committed(start_sandbox, make_client, store) -> None:
@@ -277,10 +330,14 @@ def test_the_summary_counts_what_every_try_of_the_run_committed(start_sandbox, m
     factory = Factory(lambda: credentials, make_client, retry_policy=FAST_RETRIES, breaker_config=stays_closed)
     commit_page = store.commit_page
 
+    # The sandbox holds the third page's request until the faults change: the fault then meets it,
+    # however far ahead of the commits the sync fetches.
+    sandbox.admin.set_faults(hold_after_pages=2)
+
     def fail_after_two_pages(**page: object) -> None:
         commit_page(**page)
         if store.get_run_log("run-1")[0].pages == 2:
-            sandbox.admin.set_faults(error_rate=1.0)
+            sandbox.admin.set_faults(error_rate=1.0, hold_after_pages=None)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store, "commit_page", fail_after_two_pages)
@@ -310,10 +367,12 @@ def test_a_rejected_secret_needs_attention_is_skipped_after_and_tried_again_once
 
     assert (rejected.kind, rejected.field) == ("needs_attention", None)
     assert isinstance(rejected.error, InvalidCredentialsError)
-    assert errors == [rejected.error]
+    assert errors[0] is rejected.error
+    assert all(isinstance(error, InvalidCredentialsError) for error in errors)
     assert "cs1.wrong-secret" not in (rejected.reason or "")
-    # The sync stopped at the first resource: nobody asks ServiceTitan again with that secret.
-    assert run_log(store, "run-1") == {"customers": "failed"}
+    # The resources syncing at once share the rejection: ServiceTitan was asked once with that secret.
+    assert sandbox.admin.stats()["token_requests_total"] == 1
+    assert set(run_log(store, "run-1").values()) == {"failed"}
     status = store.get_credential_status(CRED)
     assert status is not None
     assert (status.status, status.secret_fingerprint) == ("needs_attention", wrong.secret_fingerprint)

@@ -9,7 +9,7 @@ import signal
 
 from airflow_provider_servicetitan.sync.engine import SyncEvents, sync_resource
 from airflow_provider_servicetitan.sync.recovery import recover_dead_letters
-from tests.helpers import credentials_for
+from tests.helpers import credentials_for, wait_for
 from tests.sync import workers
 
 CTX = multiprocessing.get_context("spawn")
@@ -72,6 +72,8 @@ def test_killed_sync_resumes_from_its_checkpoint(start_sandbox, store, store_url
     )
     child.start()
     sandbox.admin.wait_for_held(1, timeout=120)
+    # The child fetches a page ahead of its commits: it commits the pages it was served, then waits.
+    wait_for(lambda: sum(r.pages for r in store.get_run_log("run-killed")) == pages_before_kill)
     os.kill(child.pid, signal.SIGKILL)
     child.join(timeout=30)
     sandbox.admin.wait_for_held(0, timeout=30)  # the sandbox saw the killed child's request go

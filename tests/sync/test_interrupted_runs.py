@@ -14,8 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -31,7 +30,7 @@ from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.storage import INTERRUPTED, RunLog, RunOwner, SyncStore
 from airflow_provider_servicetitan.sync.engine import sync_resource
 from airflow_provider_servicetitan.sync.liveness import STALE_AFTER, close_interrupted_runs, this_process
-from tests.helpers import credentials_for
+from tests.helpers import credentials_for, wait_for
 
 CTX = multiprocessing.get_context("spawn")
 CREDENTIAL = "st_child"
@@ -50,14 +49,6 @@ def sync_in_child(fields: dict[str, Any], store_url: str, run_id: str) -> None:
     )
     with SyncStore(store_url) as store:
         sync_resource(client, store, credential=CREDENTIAL, resource=RESOURCE, run_id=run_id)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll an observable condition (not a fixed sleep) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def only_row(store: SyncStore, run_id: str) -> RunLog:
