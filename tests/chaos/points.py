@@ -1,4 +1,5 @@
-"""A deterministic moment to break things at: right after the n-th export page arrived."""
+"""Deterministic moments to break things at: right after the n-th export page arrived, or right
+before the n-th page is stored."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import requests
 
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
+from airflow_provider_servicetitan.storage.store import SyncStore
 
 
 def at_export_pages(client: ServiceTitanClient, actions: Mapping[int, Callable[[], object]]) -> None:
@@ -27,3 +29,22 @@ def at_export_pages(client: ServiceTitanClient, actions: Mapping[int, Callable[[
                 action()
 
     client.session.hooks["response"].append(on_response)
+
+
+def before_commits(store: SyncStore, actions: Mapping[int, Callable[[], object]]) -> None:
+    """Run ``actions[n]`` right before the store commits its n-th page (counted over the store's
+    life, failed commits included): the chaos lands between fetching a page and storing it, in
+    the thread that stores it, however far ahead of the commits the sync fetches.
+    """
+    commits = 0
+    commit_page = store.commit_page
+
+    def commit_after_the_action(**page: Any) -> None:
+        nonlocal commits
+        commits += 1
+        action = actions.get(commits)
+        if action is not None:
+            action()
+        commit_page(**page)
+
+    store.commit_page = commit_after_the_action  # type: ignore[method-assign]

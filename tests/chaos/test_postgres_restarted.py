@@ -8,14 +8,14 @@ from sqlalchemy.exc import OperationalError
 from airflow_provider_servicetitan.storage.store import SyncStore
 from airflow_provider_servicetitan.sync.engine import SyncEvents, sync_resource
 from tests.chaos.audit import audit
-from tests.chaos.points import at_export_pages
+from tests.chaos.points import before_commits
 from tests.helpers import credentials_for
 
 pytestmark = pytest.mark.chaos
 
 RESOURCE = "customers"
 PAGES = 15  # 300 records, 20 a page
-STOP_AT_PAGE = 3  # the first try stops the server when page 3 has arrived: pages 1-2 are committed
+STOP_AT_PAGE = 3  # the first try stops the server before it stores page 3: pages 1-2 are committed
 RESTART_AT_PAGE = STOP_AT_PAGE + 5  # the second try restarts it between fetching and storing a page
 
 
@@ -29,8 +29,6 @@ def test_postgres_stopped_mid_sync_then_restarted(chaos_row, start_sandbox, make
         private_postgres.stop("fast")
         private_postgres.start()
 
-    at_export_pages(client, {STOP_AT_PAGE: lambda: private_postgres.stop("fast"), RESTART_AT_PAGE: restart})
-
     def sync(store: SyncStore) -> str:
         return sync_resource(client, store, credential="st", resource=RESOURCE, run_id="run-1", events=events).status
 
@@ -39,6 +37,8 @@ def test_postgres_stopped_mid_sync_then_restarted(chaos_row, start_sandbox, make
 
     with SyncStore(private_postgres.url) as store:
         store.create_tables()
+        # Commits counted over both tries: try 1 fails on its 3rd, try 2 stores page 3 first.
+        before_commits(store, {STOP_AT_PAGE: lambda: private_postgres.stop("fast"), RESTART_AT_PAGE: restart})
         with pytest.raises(OperationalError):
             sync(store)  # the first try dies with the database
         private_postgres.start()

@@ -44,10 +44,11 @@ def test_secret_rotated_mid_sync_then_the_new_secret_completes(chaos_row, operat
     conn_id = env.connect(0)
     admin = env.sandbox.admin
     interrupted, next_run = env.dag(), env.dag()
+    # One resource after another: the held request is the third page of jobs, customers done.
     with interrupted:
-        env.sync(conn_id, servicetitan_resources=RESOURCES)
+        env.sync(conn_id, servicetitan_resources=RESOURCES, max_concurrency=1)
     with next_run:
-        env.sync(conn_id, servicetitan_resources=RESOURCES)
+        env.sync(conn_id, servicetitan_resources=RESOURCES, max_concurrency=1)
     old_fingerprint = _fingerprint(conn_id)
 
     admin.set_faults(hold_after_pages=HOLD_AFTER_PAGES)

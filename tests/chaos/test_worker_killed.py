@@ -11,6 +11,7 @@ import pytest
 
 from tests.chaos import workers
 from tests.chaos.audit import audit
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -19,6 +20,11 @@ RESOURCES = ("customers", "jobs", "invoices")
 PAGES_PER_KILLED_WORKER = 4  # the third worker dies in the second resource
 KILLS = 3
 TIMEOUT = 120
+
+
+def committed_pages(env, run_id: str) -> int:
+    with env.warehouse.store() as store:
+        return sum(row.pages for row in store.get_run_log(run_id))
 
 
 def test_worker_sigkilled_three_times_then_a_run_completes(chaos_row, operator_env):
@@ -43,6 +49,8 @@ def test_worker_sigkilled_three_times_then_a_run_completes(chaos_row, operator_e
             worker = start_worker(f"try-{attempt}")
             started.append(worker)
             admin.wait_for_held(1, timeout=TIMEOUT)
+            # The worker fetches a page ahead of its commits: it commits what it was served, then waits.
+            wait_for(lambda run_id=f"try-{attempt}": committed_pages(env, run_id) == PAGES_PER_KILLED_WORKER)
             os.kill(worker.pid, signal.SIGKILL)
             worker.join(TIMEOUT)
             admin.wait_for_held(0, timeout=TIMEOUT)  # the sandbox saw the dead worker's request go
