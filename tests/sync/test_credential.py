@@ -22,7 +22,7 @@ from airflow_provider_servicetitan.errors import (
 )
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.notifications.alerts import AlertKind
-from airflow_provider_servicetitan.resilience.breaker import BreakerConfig
+from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, BreakerState
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.storage.store import SyncStore
 from airflow_provider_servicetitan.sync.credential import (
@@ -278,6 +278,23 @@ def test_resources_sync_at_the_same_time_up_to_max_concurrency(
     assert outcome.kind == "ok"
     assert list(outcome.summaries) == RESOURCES
     assert most_at_once == 2
+    assert run_log(store, "run-1") == dict.fromkeys(RESOURCES, "success")
+
+
+def test_while_the_breaker_probes_one_resource_goes_first_and_the_others_follow(
+    start_sandbox, make_client, store
+) -> None:
+    sandbox = start_sandbox(records=30)
+    credentials = credentials_for(sandbox)
+
+    def half_open(client: ServiceTitanClient) -> None:
+        client.breaker.force_open(600)
+        assert client.breaker.request_probe() is BreakerState.HALF_OPEN
+
+    outcome = run(Factory(lambda: credentials, make_client), store, on_connect=half_open, max_concurrency=3)
+
+    # The probe got through alone; the other resources were not refused while it was out.
+    assert outcome.kind == "ok"
     assert run_log(store, "run-1") == dict.fromkeys(RESOURCES, "success")
 
 
