@@ -110,6 +110,22 @@ def get_provider_info() -> dict[str, Any]:
                         "API base URL (optional)",
                         "Overrides the environment's API host, e.g. http://127.0.0.1:8765 for the sandbox.",
                     ),
+                    "rate_limit_per_second": {
+                        "label": "API rate limit (calls/s, optional)",
+                        "description": (
+                            "API calls per second ServiceTitan allows this app key on this tenant (default 60, "
+                            "its published limit). Every worker shares it through Redis and stays 5% below it."
+                        ),
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    },
+                    "token_rate_limit_per_second": {
+                        "label": "Token rate limit (requests/s, optional)",
+                        "description": (
+                            "Token requests per second for this client id across all workers (default 1; "
+                            "ServiceTitan publishes no number)."
+                        ),
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    },
                 },
             }
         ],

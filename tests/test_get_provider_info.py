@@ -39,7 +39,16 @@ def test_connection_form_declares_every_field():
     (conn_type,) = get_provider_info()["connection-types"]
     fields = conn_type["conn-fields"]
     assert conn_type["connection-type"] == "servicetitan"
-    assert set(fields) == {"app_key", "tenant_id", "environment", "auth_url", "api_url"}
+    assert set(fields) == {
+        "app_key",
+        "tenant_id",
+        "environment",
+        "auth_url",
+        "api_url",
+        "rate_limit_per_second",
+        "token_rate_limit_per_second",
+    }
+    assert fields["rate_limit_per_second"]["schema"]["type"] == ["number", "null"]
     assert fields["app_key"]["schema"]["format"] == "password"
     assert fields["environment"]["schema"]["enum"] == ["production", "integration"]
     assert conn_type["ui-field-behaviour"]["relabeling"] == {"login": "Client ID", "password": "Client secret"}

@@ -6,11 +6,22 @@ breaker ends the retries unless it will admit a probe within the retry's remaini
 
 A 401 means the token is no longer valid: it is dropped (only if it is still the cached one),
 renewed, and the call repeated once. A second 401 means the credentials themselves are bad.
+
+Rate limit: every request sent (each attempt, and the repeat after a 401) first takes a slot from
+the tenant's :class:`~airflow_provider_servicetitan.resilience.ratelimit.RateLimiter`, shared by
+every worker on the same app key and tenant (:func:`api_rate_limiter`). A 429 pauses that limiter
+for its ``Retry-After`` (stretched by up to 10 %), so every worker on the tenant waits, not only the
+one that was refused; the retry policy then retries the call without counting a failed attempt. A
+slot further away than ``max_rate_limit_wait`` (a long pause) is not waited for in the attempt: it
+raises :class:`RateLimitExceededError` without sending anything, and the retry policy waits or
+gives up (an operator may then defer) as for a 429.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +30,12 @@ import requests
 
 from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.errors import (
     AuthenticationError,
     InvalidCredentialsError,
     MalformedResponseError,
+    RateLimitExceededError,
     ServiceTitanConnectionError,
     ServiceTitanError,
     ServiceTitanTimeoutError,
@@ -30,15 +43,57 @@ from airflow_provider_servicetitan.errors import (
     error_from_response,
 )
 from airflow_provider_servicetitan.resilience.breaker import CircuitBreaker
+from airflow_provider_servicetitan.resilience.checks import is_finite_number
+from airflow_provider_servicetitan.resilience.ratelimit import RateLimiter, RateLimitWaitTooLong
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
+from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
 
 log = logging.getLogger(__name__)
 
 MAX_IDS_PER_REQUEST = 50
+#: ServiceTitan's published limit: API calls per second per application (app key) per tenant.
+DEFAULT_RATE_LIMIT_PER_SECOND = 60.0
+#: The longest wait for a rate-limiter slot inside one attempt (seconds); longer waits go to the retry policy.
+DEFAULT_MAX_RATE_LIMIT_WAIT = 5.0
+#: A 429 pauses the tenant's limiter for ``Retry-After * (1 + uniform(0, PAUSE_JITTER))``.
+PAUSE_JITTER = 0.1
+#: The pause after a 429 that says nothing of when to come back (seconds).
+DEFAULT_PAUSE_SECONDS = 1.0
+_RNG = random.Random()  # noqa: S311 - jitter, not cryptography
 # How much of a transport error's own text (redacted) is kept in our error message.
 _DETAIL_CHARS = 300
 # Transport errors built from a message alone (the others carry an HTTP answer of their own).
 _PLAIN_ERRORS = (ServiceTitanError, ServiceTitanTimeoutError, ServiceTitanConnectionError)
+
+
+def api_rate_limiter_name(credentials: ServiceTitanCredentials) -> str:
+    """The limiter name of a credential's API calls: one per API host, app key and tenant.
+
+    ServiceTitan counts calls per application and tenant, whatever the client id, so every
+    credential of one app key on one tenant shares it. The app key is hashed: never a secret in a key.
+    """
+    digest = hashlib.sha256(f"{credentials.base_url}|{credentials.app_key}".encode()).hexdigest()[:16]
+    return f"api:{credentials.tenant_id}:{digest}"
+
+
+def api_rate_limiter(
+    credentials: ServiceTitanCredentials,
+    redis_client: Any,
+    *,
+    rate_per_second: float = DEFAULT_RATE_LIMIT_PER_SECOND,
+    namespace: str = "servicetitan",
+    redis_recheck_seconds: float = DEFAULT_REDIS_RECHECK_SECONDS,
+    **options: Any,
+) -> RateLimiter:
+    """The shared limiter of a credential's API calls (``options``: see :class:`RateLimiter`)."""
+    return RateLimiter(
+        api_rate_limiter_name(credentials),
+        redis_client,
+        rate_per_second=rate_per_second,
+        namespace=namespace,
+        redis_recheck_seconds=redis_recheck_seconds,
+        **options,
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +124,10 @@ class ServiceTitanClient:
     :param token_manager: supplies (shared, self-renewing) access tokens for the credential.
     :param breaker: the credential's circuit breaker, shared by all workers.
     :param retry_policy: how failed attempts are retried.
+    :param rate_limiter: the tenant's shared limiter (see :func:`api_rate_limiter`); ``None``
+        sends without pacing (a 429 is still retried).
+    :param max_rate_limit_wait: the longest wait for a slot inside an attempt, in seconds (also
+        at most the retry policy's ``max_retry_after``, if set).
     :param timeout: (connect, read) timeouts in seconds. ServiceTitan gives up around 100 s.
     """
 
@@ -81,6 +140,9 @@ class ServiceTitanClient:
         session: requests.Session | None = None,
         timeout: tuple[float, float] = (5.0, 60.0),
         page_size: int = 500,
+        rate_limiter: RateLimiter | None = None,
+        max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
+        rng: random.Random | None = None,
     ) -> None:
         self.credentials = token_manager.credentials
         self.token_manager = token_manager
@@ -89,6 +151,13 @@ class ServiceTitanClient:
         self.session = session or requests.Session()
         self.timeout = timeout
         self.page_size = page_size
+        self.rate_limiter = rate_limiter
+        if not is_finite_number(max_rate_limit_wait) or max_rate_limit_wait < 0:
+            raise ValueError(f"max_rate_limit_wait must be a finite number >= 0, got {max_rate_limit_wait!r}")
+        if retry_policy.max_retry_after is not None:
+            max_rate_limit_wait = min(max_rate_limit_wait, retry_policy.max_retry_after)
+        self.max_rate_limit_wait = max_rate_limit_wait
+        self._rng = rng or _RNG
 
     @property
     def tenant_id(self) -> int:
@@ -174,6 +243,7 @@ class ServiceTitanClient:
     def _attempt(self, method: str, path: str, params: Mapping[str, Any] | None, json: Any) -> Any:
         """One attempt: a token, the call through the breaker, and one renewal on a 401."""
         token = self.token_manager.get_token()
+        self._take_slot(path)
         try:
             return self.breaker.call(self._send, token, method, path, params, json)
         except AuthenticationError as first:
@@ -182,6 +252,7 @@ class ServiceTitanClient:
             log.info("ServiceTitan answered 401 for %s; renewing the token and repeating once", path)
             self.token_manager.invalidate(token)
             renewed = self.token_manager.get_token()
+            self._take_slot(path)
             try:
                 return self.breaker.call(self._send, renewed, method, path, params, json)
             except AuthenticationError as second:
@@ -196,6 +267,36 @@ class ServiceTitanClient:
                     path=second.path,
                 ) from None
 
+    def _take_slot(self, path: str) -> None:
+        """Wait for a slot of the tenant's rate limiter, or raise a 429 of our own if it is far away."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return
+        try:
+            limiter.acquire(max_wait=self.max_rate_limit_wait)
+        except RateLimitWaitTooLong as far:
+            raise RateLimitExceededError(
+                f"rate limit of tenant {self.tenant_id}: the next slot is {far.retry_after:.2f}s away "
+                "(another worker was answered 429); not sent",
+                retry_after=far.retry_after,
+                path=path,
+            ) from None
+
+    def _pause(self, error: RateLimitExceededError) -> None:
+        """ServiceTitan answered 429: nobody on this tenant sends until its Retry-After has passed."""
+        limiter = self.rate_limiter
+        if limiter is None:
+            return
+        asked = error.retry_after if error.retry_after is not None else DEFAULT_PAUSE_SECONDS
+        seconds = asked * (1.0 + self._rng.uniform(0.0, PAUSE_JITTER))
+        limiter.pause(seconds)
+        log.info(
+            "ServiceTitan answered 429 for tenant %s (traceId=%s); every worker on it pauses %.2fs",
+            self.tenant_id,
+            error.trace_id or "-",
+            seconds,
+        )
+
     def _send(self, token: str, method: str, path: str, params: Mapping[str, Any] | None, json: Any) -> Any:
         url = f"{self.credentials.base_url}{path}"
         headers = {
@@ -205,7 +306,10 @@ class ServiceTitanClient:
         }
         response = self._transmit(method, url, params, json, headers, token)
         if response.status_code >= 400:
-            raise error_from_response(response)
+            error = error_from_response(response)
+            if isinstance(error, RateLimitExceededError):
+                self._pause(error)
+            raise error
         if response.status_code == 204 or not response.content:
             return None
         try:

@@ -3,7 +3,10 @@
 The connection holds the credential (login = client id, password = client secret, fields
 ``app_key``, ``tenant_id``, ``environment``, optional ``auth_url`` / ``api_url``) and may tune
 resilience in its extra: ``{"retry": {"preset": "aggressive", "max_attempts": 4},
-"breaker": {"failure_threshold": 5, "open_seconds": 30}}``. Arguments given in code win.
+"breaker": {"failure_threshold": 5, "open_seconds": 30}}``, and pace its calls with the fields
+``rate_limit_per_second`` (API calls per second per app key and tenant, shared by every worker;
+default 60, ServiceTitan's limit) and ``token_rate_limit_per_second`` (token requests per second
+per client id; default 1). Arguments given in code win.
 Shared state (tokens, breaker) lives in the Redis of an Airflow ``redis`` connection; which one,
 and the namespace of its keys, default to the ``[servicetitan]`` config section (see
 :mod:`~airflow_provider_servicetitan.hooks.settings`), so the connection form's Test button and
@@ -27,8 +30,13 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from airflow_provider_servicetitan.catalog import get_resource
 from airflow_provider_servicetitan.client.auth import TokenManager
+from airflow_provider_servicetitan.client.auth.endpoint import DEFAULT_TOKEN_RATE_LIMIT_PER_SECOND
 from airflow_provider_servicetitan.client.breaker_policy import classify_servicetitan_error
-from airflow_provider_servicetitan.client.client import ServiceTitanClient
+from airflow_provider_servicetitan.client.client import (
+    DEFAULT_RATE_LIMIT_PER_SECOND,
+    ServiceTitanClient,
+    api_rate_limiter,
+)
 from airflow_provider_servicetitan.client.credentials import PREVIEW_CHARS, ServiceTitanCredentials
 from airflow_provider_servicetitan.errors import CredentialValidationError, ServiceTitanError
 from airflow_provider_servicetitan.get_provider_info import CONNECTION_TYPE
@@ -44,7 +52,9 @@ log = logging.getLogger(__name__)
 _BREAKER_TUNABLES = frozenset(
     f.name for f in dataclasses.fields(BreakerConfig) if f.type in ("int", "float", int, float)
 )
-_RETRY_TUNABLES = frozenset({"max_attempts", "base_delay", "max_delay", "max_elapsed"})
+_RETRY_TUNABLES = frozenset({"max_attempts", "base_delay", "max_delay", "max_elapsed", "rate_limit_budget"})
+# Rate limits accepted from a connection field: a positive number of requests per second, at most this.
+_MAX_RATE_PER_SECOND = 100_000.0
 
 
 class ServiceTitanHook(BaseHook):
@@ -64,6 +74,8 @@ class ServiceTitanHook(BaseHook):
     :param max_retry_after: a wait ServiceTitan or the breaker asks for that is longer than this
         ends the call's retries at once (``RetryPolicy.max_retry_after``), so that an operator can
         defer instead of sleeping in a worker; ``None``: waits within the retry budget.
+    :param rate_limit_per_second: overrides the connection's ``rate_limit_per_second``.
+    :param token_rate_limit_per_second: overrides the connection's ``token_rate_limit_per_second``.
     """
 
     conn_name_attr = "servicetitan_conn_id"
@@ -83,6 +95,8 @@ class ServiceTitanHook(BaseHook):
         timeout: tuple[float, float] = (5.0, 60.0),
         retry_listener: Callable[[RetryEvent], None] | None = None,
         max_retry_after: float | None = None,
+        rate_limit_per_second: float | None = None,
+        token_rate_limit_per_second: float | None = None,
     ) -> None:
         super().__init__()
         self.servicetitan_conn_id = servicetitan_conn_id
@@ -94,6 +108,8 @@ class ServiceTitanHook(BaseHook):
         self.timeout = timeout
         self._retry_listener = retry_listener
         self._max_retry_after = max_retry_after
+        self._rate_limit_per_second = rate_limit_per_second
+        self._token_rate_limit_per_second = token_rate_limit_per_second
 
     @cached_property
     def _connection(self) -> Connection:
@@ -161,6 +177,20 @@ class ServiceTitanHook(BaseHook):
         except ValueError as exc:
             raise self._invalid("extra.breaker", _short(str(exc))) from None
 
+    def get_rate_limit_per_second(self) -> float:
+        """API calls per second per app key and tenant: the one given in code, else the connection's
+        ``rate_limit_per_second``, else ServiceTitan's 60. The limiter keeps a safety margin below it."""
+        if self._rate_limit_per_second is not None:
+            return self._rate_limit_per_second
+        return self._rate_field("rate_limit_per_second", DEFAULT_RATE_LIMIT_PER_SECOND)
+
+    def get_token_rate_limit_per_second(self) -> float:
+        """Token requests per second per client id: the one given in code, else the connection's
+        ``token_rate_limit_per_second``, else 1."""
+        if self._token_rate_limit_per_second is not None:
+            return self._token_rate_limit_per_second
+        return self._rate_field("token_rate_limit_per_second", DEFAULT_TOKEN_RATE_LIMIT_PER_SECOND)
+
     def get_redis(self) -> redis.Redis | None:
         """A Redis client with short timeouts from the Redis connection, or ``None`` (per-process state)."""
         return None if self.redis_conn_id is None else redis_from_connection(self.redis_conn_id)
@@ -201,6 +231,14 @@ class ServiceTitanHook(BaseHook):
             on_token=mask_secret,
             on_renew=metrics.on_renew,
             redis_recheck_seconds=breaker_config.redis_recheck_seconds,
+            token_rate_limit_per_second=self.get_token_rate_limit_per_second(),
+        )
+        rate_limiter = api_rate_limiter(
+            credentials,
+            redis_client,
+            rate_per_second=self.get_rate_limit_per_second(),
+            namespace=self.namespace,
+            redis_recheck_seconds=breaker_config.redis_recheck_seconds,
         )
         breaker = CircuitBreaker(
             f"tenant-{credentials.tenant_id}-{credentials.cache_id[:8]}",
@@ -210,7 +248,9 @@ class ServiceTitanHook(BaseHook):
             listeners=(metrics.on_transition,),
             classify=classify_servicetitan_error,
         )
-        return ServiceTitanClient(tokens, breaker=breaker, retry_policy=retry_policy, timeout=self.timeout)
+        return ServiceTitanClient(
+            tokens, breaker=breaker, retry_policy=retry_policy, timeout=self.timeout, rate_limiter=rate_limiter
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """Used by the UI's Test button: obtain a token and make one cheap API call."""
@@ -236,6 +276,24 @@ class ServiceTitanHook(BaseHook):
             if key != "preset" and not number:
                 raise self._invalid(f"extra.{name}.{key}", "a finite number")
         return dict(section)
+
+    def _rate_field(self, name: str, default: float) -> float:
+        """A rate limit from the connection field ``name`` (a number, or its text as the form may
+        store it); empty means ``default``."""
+        raw = self._extra.get(name)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return default
+        value: float | None = None
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)
+        elif isinstance(raw, str) and len(raw) <= PREVIEW_CHARS:
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                value = None
+        if value is None or not math.isfinite(value) or not 0 < value <= _MAX_RATE_PER_SECOND:
+            raise self._invalid(name, f"a number of requests per second > 0 and <= {_MAX_RATE_PER_SECOND:g}")
+        return value
 
     def _invalid(self, field: str, expected: str) -> CredentialValidationError:
         return CredentialValidationError(field, expected, conn_id=self.servicetitan_conn_id)

@@ -7,17 +7,22 @@
 * the wait before attempt ``n + 1`` is ``uniform(0, min(max_delay, base_delay * 2 ** (n - 1)))``
   ("full jitter", so that many workers failing together do not come back together);
 * an error with a ``retry_after`` (429 ``Retry-After``, an open circuit breaker) is never retried
-  sooner than asked. A server-requested wait is honoured only within the remaining budget (what
-  is left of ``max_elapsed`` if set, else ``max_delay``); beyond it the policy gives up at once
+  sooner than asked. A requested wait is honoured only within the remaining budget (what
+  is left of ``max_elapsed`` if set, else ``max_delay``; for a 429 see below); beyond it the policy gives up at once
   rather than keep an Airflow worker asleep for minutes. ``max_retry_after`` adds a limit for
   server-requested waits alone, so that a caller able to wait elsewhere (an Airflow task that
   defers to the triggerer) gets the error back instead of sleeping;
+* being rate limited (``rate_limited``, by default a :class:`RateLimitExceededError`, i.e. a 429)
+  is not a failure: such an attempt waits its ``Retry-After`` plus a little jitter (or, without
+  one, the backoff) and does not count against ``max_attempts``. Only time bounds it: the wait
+  must end within ``max_elapsed`` seconds of the call's start, or ``rate_limit_budget`` seconds
+  when ``max_elapsed`` is not set; ``max_retry_after`` applies as above;
 * when attempts or time run out, :class:`RetryExhaustedError` is raised ``from`` the last error.
 
 The rule is composed from tenacity's own pieces: ``retry_if_exception`` for ``retry_on``,
-``stop_after_attempt | <time budget> [| <requested wait too long>]`` for when to give up,
-``wait_exponential`` for the backoff ceiling. Small callables fill what tenacity cannot express
-exactly (each says why).
+``<failures> | <time budget> [| <requested wait too long>]`` for when to give up. Small
+callables fill what tenacity cannot express exactly (each says why): tenacity counts every
+attempt, where a rate-limited one must not count.
 Clock, sleep and random source are injectable, so the behaviour can be tested without sleeping.
 This module does not import Airflow.
 """
@@ -37,7 +42,7 @@ import tenacity
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from airflow_provider_servicetitan.errors import RetryExhaustedError, is_retryable
+from airflow_provider_servicetitan.errors import RateLimitExceededError, RetryExhaustedError, is_retryable
 from airflow_provider_servicetitan.resilience.checks import (
     is_finite_number,
     require_positive,
@@ -50,6 +55,18 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _RNG = random.Random()  # noqa: S311 - jitter, not cryptography
+
+#: Default of :attr:`RetryPolicy.rate_limit_budget`: how long (s) a call keeps going through rate limiting.
+DEFAULT_RATE_LIMIT_BUDGET = 120.0
+#: A rate-limited attempt waits ``retry_after * (1 + uniform(0, RATE_LIMIT_JITTER))``, so that the
+#: workers told to come back together do not all come back at the same instant.
+RATE_LIMIT_JITTER = 0.1
+
+
+def is_rate_limit_error(error: BaseException) -> bool:
+    """The default :attr:`RetryPolicy.rate_limited`: a :class:`RateLimitExceededError` (429)."""
+    return isinstance(error, RateLimitExceededError)
+
 
 #: Named presets, as a connection can refer to them. Keyword overrides apply on top.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -68,16 +85,19 @@ class RetryEvent:
     error: BaseException
     error_class: str
     trace_id: str | None
+    rate_limited: bool = False
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently to retry a call. Immutable; safe to share between threads.
 
-    :param max_attempts: attempts in all, the first one included (>= 1).
+    :param max_attempts: attempts in all, the first one included (>= 1); rate-limited attempts
+        are not counted.
     :param base_delay: backoff ceiling after the first failure, in seconds.
-    :param max_delay: cap on the backoff ceiling; also the most a ``Retry-After`` may make us wait
-        when ``max_elapsed`` is not set.
+    :param max_delay: cap on the backoff ceiling; also the most another requested wait (an open
+        breaker's) may make us wait when ``max_elapsed`` is not set (a 429's is bounded by
+        ``rate_limit_budget`` instead).
     :param max_elapsed: total time budget of one :meth:`call`, in seconds, or ``None``. The policy
         gives up rather than start a sleep that would end past it.
     :param retry_on: which errors are worth another attempt.
@@ -86,6 +106,12 @@ class RetryPolicy:
         seconds, or ``None`` for no limit but the budget above. An error asking for more ends the
         retries at once with :class:`RetryExhaustedError` from it, whose ``last_error.retry_after``
         tells the caller how long to defer the task instead.
+    :param rate_limit_budget: when ``max_elapsed`` is not set, rate-limited attempts are retried
+        (without counting against ``max_attempts``) as long as the wait ends within this many
+        seconds of the call's start; with ``max_elapsed``, that budget applies instead. Default
+        :data:`DEFAULT_RATE_LIMIT_BUDGET`.
+    :param rate_limited: which errors say "rate limited" (by default a 429,
+        :func:`is_rate_limit_error`); they must be accepted by ``retry_on`` too.
     :param sleep: how to wait (injectable for tests).
     :param clock: monotonic clock in seconds, used for every elapsed-time decision.
     :param rng: random source for the jitter (not security-relevant).
@@ -98,6 +124,8 @@ class RetryPolicy:
     max_elapsed: float | None = None
     retry_on: Callable[[BaseException], bool] = is_retryable
     max_retry_after: float | None = None
+    rate_limit_budget: float = DEFAULT_RATE_LIMIT_BUDGET
+    rate_limited: Callable[[BaseException], bool] = is_rate_limit_error
     _: KW_ONLY
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
@@ -114,13 +142,14 @@ class RetryPolicy:
             raise ValueError(f"base_delay ({self.base_delay}) must not be greater than max_delay ({self.max_delay})")
         if self.max_elapsed is not None:
             require_positive(self.max_elapsed, "max_elapsed")
+        require_positive(self.rate_limit_budget, "rate_limit_budget")
         if self.max_retry_after is not None and (
             not is_finite_number(self.max_retry_after) or self.max_retry_after < 0
         ):
             raise ValueError(
                 f"max_retry_after must be None or a finite number of seconds >= 0, got {self.max_retry_after!r}"
             )
-        for name in ("retry_on", "sleep", "clock"):
+        for name in ("retry_on", "rate_limited", "sleep", "clock"):
             if not callable(getattr(self, name)):
                 raise ValueError(f"{name} must be callable")
         if self.listener is not None and not callable(self.listener):
@@ -160,8 +189,9 @@ class RetryPolicy:
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)`` under this policy and return its result."""
         name = _name_of(fn)
-        budget = _StopPastBudget(self, started=self.clock())
-        stop = tenacity.stop_after_attempt(self.max_attempts) | budget
+        attempts = _Attempts(self.rate_limited)
+        budget = _StopPastBudget(self, attempts, started=self.clock())
+        stop = _StopAfterFailures(self.max_attempts, attempts) | budget
         too_long: _StopOnLongRetryAfter | None = None
         if self.max_retry_after is not None:
             too_long = _StopOnLongRetryAfter(self.max_retry_after)
@@ -169,15 +199,15 @@ class RetryPolicy:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(self.retry_on),
             stop=stop,
-            wait=_WaitAtLeastRetryAfter(_WaitFullJitter(self)),
-            before_sleep=functools.partial(self._announce_retry, name),
-            retry_error_callback=functools.partial(self._give_up, name, budget, too_long),
+            wait=_Wait(self, attempts),
+            before_sleep=functools.partial(self._announce_retry, name, attempts),
+            retry_error_callback=functools.partial(self._give_up, name, attempts, budget, too_long),
             sleep=lambda seconds: self.sleep(float(seconds)),
         )
         # Bound here, not passed through: tenacity's own first parameter is called ``fn`` too.
         return retrying(functools.partial(fn, *args, **kwargs))
 
-    def _announce_retry(self, fn_name: str, state: tenacity.RetryCallState) -> None:
+    def _announce_retry(self, fn_name: str, attempts: _Attempts, state: tenacity.RetryCallState) -> None:
         """Log the retry about to happen and tell the listener (tenacity's ``before_sleep``)."""
         error = _error(state)
         assert error is not None  # noqa: S101 - tenacity only sleeps after a retried failure
@@ -188,17 +218,27 @@ class RetryPolicy:
             error=error,
             error_class=type(error).__name__,
             trace_id=_trace_id(error),
+            rate_limited=attempts.rate_limited(state),
         )
         # Only the class and the traceId: an error's message or the call's arguments could hold
         # data we must not log.
-        log.warning(
-            "%s: attempt %d of %d failed with %s (traceId=%s); retrying in %.2fs",
-            fn_name,
-            event.attempt,
-            self.max_attempts,
-            event.error_class,
-            event.trace_id or "-",
-            delay,
+        if event.rate_limited:
+            template = "%s: attempt %d rate limited (%s, traceId=%s), not counted as a failure; retrying in %.2fs"
+            args: tuple[Any, ...] = (fn_name, event.attempt, event.error_class, event.trace_id or "-", delay)
+        else:
+            template = "%s: attempt %d of %d failed with %s (traceId=%s); retrying in %.2fs"
+            args = (
+                fn_name,
+                attempts.failures(state),
+                self.max_attempts,
+                event.error_class,
+                event.trace_id or "-",
+                delay,
+            )
+        log.log(
+            logging.INFO if event.rate_limited else logging.WARNING,
+            template,
+            *args,
             extra={
                 "retry_attempt": event.attempt,
                 "retry_delay": delay,
@@ -216,6 +256,7 @@ class RetryPolicy:
     def _give_up(
         self,
         fn_name: str,
+        attempts: _Attempts,
         budget: _StopPastBudget,
         too_long: _StopOnLongRetryAfter | None,
         state: tenacity.RetryCallState,
@@ -224,7 +265,7 @@ class RetryPolicy:
         ``retry_error_callback``)."""
         error = _error(state)
         assert error is not None  # noqa: S101 - tenacity only stops after a retried failure
-        if state.attempt_number >= self.max_attempts:
+        if not attempts.rate_limited(state) and attempts.failures(state) >= self.max_attempts:
             reason = "no attempts left"
         elif too_long is not None and too_long(state):
             reason = too_long.why(state)
@@ -242,74 +283,132 @@ class RetryPolicy:
         raise RetryExhaustedError(state.attempt_number, error) from error
 
 
-class _WaitFullJitter(tenacity.wait_exponential):
-    """Full jitter: ``uniform(0, min(max_delay, base_delay * 2 ** (n - 1)))`` before attempt ``n + 1``.
+class _Attempts:
+    """What each attempt of one call was: rate limited or a failure. tenacity's ``attempt_number``
+    counts both; ``max_attempts`` and the backoff count failures only."""
 
-    tenacity's ``wait_random_exponential`` computes the same ceiling (inherited here), but draws
-    from the module-level ``random``; this draws from the policy's injectable ``rng``. It draws
-    nothing after the last attempt: tenacity asks ``wait`` before ``stop``, and no sleep follows
-    the last attempt. A ``base_delay`` of 0 keeps every ceiling at 0 (tenacity 9.2's
-    ``wait_exponential`` returns ``max`` once ``2 ** n`` overflows a float, whatever the multiplier).
+    def __init__(self, rate_limited: Callable[[BaseException], bool]) -> None:
+        self._is_rate_limited = rate_limited
+        self._kinds: dict[int, bool] = {}
+
+    def rate_limited(self, state: tenacity.RetryCallState) -> bool:
+        """Whether the attempt that just ended was rate limited."""
+        number = state.attempt_number
+        if number not in self._kinds:
+            error = _error(state)
+            self._kinds[number] = error is not None and bool(self._is_rate_limited(error))
+        return self._kinds[number]
+
+    def failures(self, state: tenacity.RetryCallState) -> int:
+        """Failed attempts (rate-limited ones not counted) up to the one that just ended."""
+        self.rate_limited(state)
+        return sum(1 for limited in self._kinds.values() if not limited)
+
+    def rate_limits(self, state: tenacity.RetryCallState) -> int:
+        """Rate-limited attempts up to the one that just ended."""
+        self.rate_limited(state)
+        return sum(1 for limited in self._kinds.values() if limited)
+
+
+class _Wait(wait_base):
+    """How long to wait before the next attempt.
+
+    After a failure: full jitter, ``uniform(0, min(max_delay, base_delay * 2 ** (n - 1)))`` after
+    the ``n``-th failure, or longer if the error asks for it (an open breaker's ``retry_after``;
+    tenacity combines waits by sum or in sequence, not by maximum). tenacity's
+    ``wait_random_exponential`` computes the same ceiling from every attempt and draws from the
+    module-level ``random``; this counts failures only and draws from the policy's ``rng``. It draws
+    nothing after the last attempt (tenacity asks ``wait`` before ``stop``).
+
+    After a rate-limited attempt: its ``retry_after`` stretched by up to :data:`RATE_LIMIT_JITTER`,
+    or, without one, the full-jitter backoff of the ``n``-th rate-limited attempt.
     """
 
-    def __init__(self, policy: RetryPolicy) -> None:
-        super().__init__(multiplier=policy.base_delay, max=policy.max_delay)
-        self._last_attempt = policy.max_attempts
+    def __init__(self, policy: RetryPolicy, attempts: _Attempts) -> None:
+        self._policy = policy
+        self._attempts = attempts
         self._rng = policy.rng or _RNG
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        if retry_state.attempt_number >= self._last_attempt:
+        retry_after = _retry_after(_error(retry_state))
+        if self._attempts.rate_limited(retry_state):
+            if retry_after is not None:
+                return retry_after * (1.0 + self._rng.uniform(0.0, RATE_LIMIT_JITTER))
+            return self._backoff(self._attempts.rate_limits(retry_state))
+        failures = self._attempts.failures(retry_state)
+        if failures >= self._policy.max_attempts:
             return 0.0
-        ceiling = super().__call__(retry_state) if self.multiplier > 0 else 0.0
+        delay = self._backoff(failures)
+        return delay if retry_after is None else max(delay, retry_after)
+
+    def _backoff(self, n: int) -> float:
+        policy = self._policy
+        if policy.base_delay <= 0:
+            return self._rng.uniform(0.0, 0.0)
+        # 2 ** 1100 overflows a float; long before that the ceiling is max_delay.
+        ceiling = min(policy.max_delay, policy.base_delay * 2.0 ** min(n - 1, 1000))
         return self._rng.uniform(0.0, ceiling)
 
 
-class _WaitAtLeastRetryAfter(wait_base):
-    """The backoff, or longer if the error asks for it (429 ``Retry-After``, an open breaker).
+class _StopAfterFailures(stop_base):
+    """Stop once ``max_attempts`` attempts failed; rate-limited attempts do not count
+    (tenacity's ``stop_after_attempt`` counts every attempt)."""
 
-    tenacity combines waits by sum (``+``) or in sequence (``wait_chain``), not by maximum.
-    """
+    def __init__(self, max_attempts: int, attempts: _Attempts) -> None:
+        self._max_attempts = max_attempts
+        self._attempts = attempts
 
-    def __init__(self, backoff: wait_base) -> None:
-        self._backoff = backoff
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        delay = self._backoff(retry_state)
-        retry_after = _retry_after(_error(retry_state))
-        return delay if retry_after is None else max(delay, retry_after)
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        if self._attempts.rate_limited(retry_state):
+            return False
+        return self._attempts.failures(retry_state) >= self._max_attempts
 
 
 class _StopPastBudget(stop_base):
     """Stop rather than start a sleep (``retry_state.upcoming_sleep``) that would end past the budget.
 
-    The budget is what is left of ``max_elapsed`` on the policy's clock, or ``max_delay`` without
-    one (only a server's ``Retry-After`` can ask for more than ``max_delay``). tenacity's
-    ``stop_before_delay`` does the first with its own ``time.monotonic`` start, which a test cannot
-    move, and has no notion of the second.
+    After a failure the budget is what is left of ``max_elapsed`` on the policy's clock, or
+    ``max_delay`` without one (only a server's ``Retry-After`` can ask for more than ``max_delay``).
+    After a rate-limited attempt it is what is left of ``max_elapsed``, or of ``rate_limit_budget``
+    without one, since the call started. tenacity's ``stop_before_delay`` does the first with its own
+    ``time.monotonic`` start, which a test cannot move, and has no notion of the others.
     """
 
-    def __init__(self, policy: RetryPolicy, *, started: float) -> None:
+    def __init__(self, policy: RetryPolicy, attempts: _Attempts, *, started: float) -> None:
         self._policy = policy
+        self._attempts = attempts
         self._started = started
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        left = self._left()
-        out_of_time = self._policy.max_elapsed is not None and left <= 0
+        left = self._left(retry_state)
+        out_of_time = (self._bounded(retry_state)) and left <= 0
         return out_of_time or retry_state.upcoming_sleep > left
 
     def why(self, retry_state: tenacity.RetryCallState) -> str:
         """Why this stopped the retries, for the log."""
-        left = self._left()
+        left = self._left(retry_state)
         retry_after = _retry_after(_error(retry_state))
         if retry_after is not None and retry_after > left:
             return f"asked to wait {retry_after:.2f}s, more than the {max(left, 0):.2f}s left"
+        if self._attempts.rate_limited(retry_state):
+            return (
+                f"a {retry_state.upcoming_sleep:.2f}s wait would pass the time budget of rate-limited retries "
+                f"(max_elapsed={self._policy.max_elapsed}s, else rate_limit_budget={self._policy.rate_limit_budget:g}s)"
+            )
         return f"a {retry_state.upcoming_sleep:.2f}s wait would pass max_elapsed={self._policy.max_elapsed}s"
 
-    def _left(self) -> float:
+    def _bounded(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self._policy.max_elapsed is not None or self._attempts.rate_limited(retry_state)
+
+    def _left(self, retry_state: tenacity.RetryCallState) -> float:
         policy = self._policy
+        elapsed = policy.clock() - self._started
+        if self._attempts.rate_limited(retry_state):
+            budget = policy.max_elapsed if policy.max_elapsed is not None else policy.rate_limit_budget
+            return budget - elapsed
         if policy.max_elapsed is None:
             return policy.max_delay
-        return policy.max_elapsed - (policy.clock() - self._started)
+        return policy.max_elapsed - elapsed
 
 
 class _StopOnLongRetryAfter(stop_base):

@@ -6,14 +6,15 @@ commit a page or a recovered record together with everything that goes with it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, case, func, select
+from sqlalchemy import Connection, Insert, Table, case, func, select
 
 from airflow_provider_servicetitan.storage.base import StoreBase, select_fields
-from airflow_provider_servicetitan.storage.dialects import Excluded, upsert
+from airflow_provider_servicetitan.storage.dialects import Excluded, execute_upsert, upsert, upsert_statement
 from airflow_provider_servicetitan.storage.models import Checkpoint, StoredRecord
 from airflow_provider_servicetitan.storage.records import ValidRecord
 
@@ -75,10 +76,17 @@ def upsert_records(
         }
         for record in newest.values()
     ]
-    upsert(
-        conn,
+    if rows:
+        execute_upsert(conn, _records_upsert(conn.dialect.name, table), rows)
+
+
+@functools.cache
+def _records_upsert(dialect_name: str, table: Table) -> Insert:
+    """The upsert of a records table, built once per table and dialect: a page is stored many times
+    a second, and building it (the ``excluded`` alias of every column) costs as much as 100 rows."""
+    return upsert_statement(
+        dialect_name,
         table,
-        rows,
         conflict=("tenant_id", "id"),
         update=lambda new: {name: new[name] for name in _RECORD_FIELDS},
         where=lambda new: new.modified_on >= table.c.modified_on,

@@ -99,7 +99,7 @@ def test_token_is_stored_encrypted_with_a_ttl_shorter_than_its_life(sandbox, red
     manager = TokenManager(credentials, redis_client, namespace=key_prefix)
     token = manager.get_token()
 
-    keys = list(redis_client.scan_iter(match=f"{key_prefix}:*"))
+    keys = list(redis_client.scan_iter(match=f"{key_prefix}:token:*"))
     assert keys == [token_cache_key(key_prefix, credentials).encode()]
     stored = redis_client.hgetall(keys[0])
     assert token.encode() not in b"".join(stored.values())
@@ -170,7 +170,7 @@ def test_redis_unreachable_keeps_tokens_per_process(sandbox, caplog):
         second = manager.get_token()
     assert first == second
     assert token_requests(sandbox) == 1
-    warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+    warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]  # cache and limiter: one
     assert len(warnings) == 1
 
 

@@ -84,6 +84,18 @@ def test_code_overrides_connection_settings(sandbox_connection, key_prefix):
         ({"extra": {"app_key": "k", "tenant_id": "5", "breaker": {"failure_threshold": 0}}}, "extra.breaker"),
         ({"extra": {"app_key": "k", "tenant_id": "5", "retry": {"preset": "reckless"}}}, "extra.retry.preset"),
         ({"extra": {"app_key": "k", "tenant_id": "5", "retry": [1]}}, "extra.retry"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "retry": {"rate_limit_budget": 0}}}, "extra.retry"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "rate_limit_per_second": 0}}, "rate_limit_per_second"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "rate_limit_per_second": -5}}, "rate_limit_per_second"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "rate_limit_per_second": "fast"}}, "rate_limit_per_second"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "rate_limit_per_second": True}}, "rate_limit_per_second"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "rate_limit_per_second": "nan"}}, "rate_limit_per_second"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "rate_limit_per_second": [60]}}, "rate_limit_per_second"),
+        ({"extra": {"app_key": "k", "tenant_id": "5", "rate_limit_per_second": 1e9}}, "rate_limit_per_second"),
+        (
+            {"extra": {"app_key": "k", "tenant_id": "5", "token_rate_limit_per_second": "0"}},
+            "token_rate_limit_per_second",
+        ),
     ],
 )
 def test_bad_field_is_named_before_any_network_call(monkeypatch, key_prefix, change, field):
@@ -145,3 +157,52 @@ def test_secrets_are_masked_in_logs(sandbox_connection, redis_connection, key_pr
 
     for secret in (cred.client_secret, cred.app_key, token):
         assert redact(f"value={secret}") == "value=***"
+
+
+def test_rate_limits_default_to_servicetitans_and_are_shared_per_tenant(
+    sandbox_connection, redis_connection, key_prefix
+):
+    client = make_hook(sandbox_connection, redis_connection, key_prefix).get_conn()
+
+    limiter = client.rate_limiter
+    assert limiter is not None
+    assert limiter.rate_per_second == 60.0
+    assert limiter.effective_rate == pytest.approx(54.0)  # the safety margin
+    assert limiter.backend == "redis"
+    assert limiter.key.startswith(f"{key_prefix}:ratelimit:api:{client.tenant_id}:")
+    assert client.credentials.app_key not in limiter.key
+    token_limiter = client.token_manager.rate_limiter
+    assert token_limiter is not None
+    assert token_limiter.rate_per_second == 1.0
+
+
+def test_rate_limits_from_the_connection_fields(monkeypatch, sandbox, key_prefix):
+    cred = sandbox.credentials[0]
+    set_connection(
+        monkeypatch,
+        "st_paced",
+        conn_type="servicetitan",
+        login=cred.client_id,
+        password=cred.client_secret,
+        extra={
+            "app_key": cred.app_key,
+            "tenant_id": cred.tenant_id,
+            "auth_url": sandbox.token_url,
+            "api_url": sandbox.base_url,
+            "rate_limit_per_second": 20,
+            "token_rate_limit_per_second": "0.5",  # as text, as a form may store it
+            "retry": {"rate_limit_budget": 45},
+        },
+    )
+    hook = make_hook("st_paced", None, key_prefix)
+
+    assert (hook.get_rate_limit_per_second(), hook.get_token_rate_limit_per_second()) == (20.0, 0.5)
+    assert hook.get_retry_policy().rate_limit_budget == 45
+    client = hook.get_conn()
+    assert client.rate_limiter is not None
+    assert client.rate_limiter.rate_per_second == 20.0
+    assert client.rate_limiter.backend == "local"  # no Redis connection: per process
+    assert client.request("GET", f"/crm/v2/tenant/{client.tenant_id}/customers", params={"pageSize": 1})["data"]
+
+    code = make_hook("st_paced", None, key_prefix, rate_limit_per_second=7, token_rate_limit_per_second=0.1)
+    assert (code.get_rate_limit_per_second(), code.get_token_rate_limit_per_second()) == (7, 0.1)

@@ -235,24 +235,35 @@ def test_retry_after_is_a_minimum(fake: FakeTime, error: ServiceTitanError) -> N
     assert fake.sleeps == [7.5]  # the jitter drew 0, the server asked for 7.5
 
 
-def test_jitter_longer_than_retry_after_wins(fake: FakeTime) -> None:
-    fn = Script(RateLimitExceededError(status=429, retry_after=0.5))
+def test_jitter_longer_than_retry_after_wins_for_an_open_breaker(fake: FakeTime) -> None:
+    fn = Script(CircuitBreakerOpenError("crm", 0.5))
     assert policy(fake, rng=MaxRng(), base_delay=4.0).call(fn) == "ok"
     assert fake.sleeps == [4.0]
 
 
+def test_a_429_waits_its_retry_after_plus_at_most_ten_percent(fake: FakeTime) -> None:
+    rng = MaxRng()
+    fn = Script(RateLimitExceededError(status=429, retry_after=0.5))
+
+    # the backoff (4 s) does not apply: the server said when to come back
+    assert policy(fake, rng=rng, base_delay=4.0).call(fn) == "ok"
+
+    assert rng.ranges == [(0.0, 0.1)]
+    assert fake.sleeps == [pytest.approx(0.55)]
+
+
 def test_rate_limit_without_retry_after_uses_backoff(fake: FakeTime) -> None:
-    fn = Script(RateLimitExceededError(status=429))
+    fn = Script(RateLimitExceededError(status=429), RateLimitExceededError(status=429))
     assert policy(fake, rng=MaxRng(), base_delay=3.0).call(fn) == "ok"
-    assert fake.sleeps == [3.0]
+    assert fake.sleeps == [3.0, 6.0]
 
 
-def test_retry_after_beyond_max_delay_gives_up_at_once(fake: FakeTime) -> None:
-    error = RateLimitExceededError(status=429, retry_after=120)
+def test_retry_after_beyond_the_rate_limit_budget_gives_up_at_once(fake: FakeTime) -> None:
+    error = RateLimitExceededError(status=429, retry_after=121)
     fn = Script(error)
 
     with pytest.raises(RetryExhaustedError) as caught:
-        policy(fake, max_attempts=5, max_delay=60.0).call(fn)
+        policy(fake, rng=MinRng(), max_attempts=5, max_delay=60.0, rate_limit_budget=120.0).call(fn)
 
     assert caught.value.attempts == 1
     assert caught.value.__cause__ is error
@@ -260,10 +271,84 @@ def test_retry_after_beyond_max_delay_gives_up_at_once(fake: FakeTime) -> None:
     assert fn.calls == 1
 
 
+def test_retry_after_beyond_max_delay_is_honoured_within_the_rate_limit_budget(fake: FakeTime) -> None:
+    fn = Script(RateLimitExceededError(status=429, retry_after=90))
+    assert RetryPolicy().rate_limit_budget == 120.0
+    assert policy(fake, rng=MinRng(), max_delay=60.0).call(fn) == "ok"
+    assert fake.sleeps == [90.0]
+
+
 def test_retry_after_beyond_max_delay_is_honoured_within_max_elapsed(fake: FakeTime) -> None:
-    fn = Script(RateLimitExceededError(status=429, retry_after=120))
-    assert policy(fake, max_delay=60.0, max_elapsed=300.0).call(fn) == "ok"
-    assert fake.sleeps == [120.0]
+    fn = Script(RateLimitExceededError(status=429, retry_after=200))
+    # max_elapsed, when set, is the budget of rate-limited retries (rate_limit_budget is not)
+    assert policy(fake, rng=MinRng(), max_delay=60.0, max_elapsed=300.0, rate_limit_budget=10.0).call(fn) == "ok"
+    assert fake.sleeps == [200.0]
+
+
+# -- 429: not a failure, bounded by time only ---------------------------------------------------
+
+
+def test_429s_do_not_consume_attempts(fake: FakeTime) -> None:
+    events: list[RetryEvent] = []
+    limited = [RateLimitExceededError(status=429, retry_after=1.0) for _ in range(10)]
+    fn = Script(server_error(1), *limited, server_error(2), result="done")
+
+    # 2 failures in 3 attempts: the 10 rate-limited attempts between them are not counted
+    assert policy(fake, rng=MinRng(), max_attempts=3, listener=events.append).call(fn) == "done"
+
+    assert fn.calls == 13
+    assert [e.rate_limited for e in events] == [False] + [True] * 10 + [False]
+    assert fake.sleeps[1:11] == [1.0] * 10
+
+
+def test_failures_still_end_the_retries_between_429s(fake: FakeTime) -> None:
+    limited = RateLimitExceededError(status=429, retry_after=1.0)
+    fn = Script(server_error(1), limited, server_error(2), limited, server_error(3), result="never")
+
+    with pytest.raises(RetryExhaustedError) as caught:
+        policy(fake, rng=MinRng(), max_attempts=3).call(fn)
+
+    assert caught.value.attempts == 5
+    assert isinstance(caught.value.last_error, ServiceTitanServerError)
+
+
+def test_endless_429s_end_with_the_rate_limit_budget(fake: FakeTime, caplog: pytest.LogCaptureFixture) -> None:
+    start = fake.now
+    fn = Script(*(RateLimitExceededError(status=429, retry_after=1.0) for _ in range(1000)))
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(RetryExhaustedError) as caught:
+        policy(fake, rng=MaxRng(), max_attempts=2, rate_limit_budget=30.0).call(fn)
+
+    # each wait is 1.1 s: 27 of them fit in 30 s, the 28th would end at 30.8 s
+    assert len(fake.sleeps) == 27
+    assert caught.value.attempts == 28
+    assert isinstance(caught.value.last_error, RateLimitExceededError)
+    assert fake.now - start <= 30.0
+    assert "giving up after 28 attempts" in caplog.text
+
+
+def test_endless_429s_end_with_max_elapsed_when_set(fake: FakeTime) -> None:
+    fn = Script(*(RateLimitExceededError(status=429, retry_after=2.0) for _ in range(1000)), takes=1.0, time=fake)
+
+    with pytest.raises(RetryExhaustedError) as caught:
+        policy(fake, rng=MinRng(), max_attempts=1, max_elapsed=10.0, rate_limit_budget=1000.0).call(fn)
+
+    # attempts end at t=1, 4, 7, 10: after the fourth no time is left
+    assert caught.value.attempts == 4
+    assert fake.sleeps == [2.0, 2.0, 2.0]
+
+
+def test_a_rate_limited_retry_is_logged_at_info_not_as_a_failure(
+    fake: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    fn = Script(RateLimitExceededError(status=429, retry_after=1.0, trace_id="t-429"))
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        policy(fake, rng=MinRng()).call(fn)
+
+    [record] = [r for r in caplog.records if r.name == LOGGER]
+    assert record.levelno == logging.INFO
+    assert "rate limited" in record.getMessage()
+    assert "t-429" in record.getMessage()
 
 
 def test_open_breaker_beyond_the_budget_ends_the_retries(fake: FakeTime) -> None:
@@ -405,7 +490,7 @@ def test_the_budget_still_applies_under_a_larger_max_retry_after(
 def test_max_retry_after_none_keeps_waiting_within_the_budget(fake: FakeTime) -> None:
     fn = Script(RateLimitExceededError(status=429, retry_after=120.0))
     assert policy(fake, max_delay=60.0, max_elapsed=300.0).max_retry_after is None
-    assert policy(fake, max_delay=60.0, max_elapsed=300.0).call(fn) == "ok"
+    assert policy(fake, rng=MinRng(), max_delay=60.0, max_elapsed=300.0).call(fn) == "ok"
     assert fake.sleeps == [120.0]
 
 
@@ -459,10 +544,11 @@ def test_events_for_every_retry(fake: FakeTime) -> None:
 
     policy(fake, rng=MaxRng(), max_attempts=4, base_delay=1.0, listener=events.append).call(fn)
 
-    assert [(e.attempt, e.delay, e.error_class, e.trace_id) for e in events] == [
-        (1, 1.0, "ServiceTitanServerError", "trace-1"),
-        (2, 9.0, "RateLimitExceededError", None),
-        (3, 4.0, "ServiceTitanTimeoutError", None),
+    # the 429 is not a failure: the timeout is the second failure, backoff ceiling 2 s
+    assert [(e.attempt, e.delay, e.error_class, e.trace_id, e.rate_limited) for e in events] == [
+        (1, 1.0, "ServiceTitanServerError", "trace-1", False),
+        (2, pytest.approx(9.9), "RateLimitExceededError", None, True),
+        (3, 2.0, "ServiceTitanTimeoutError", None, False),
     ]
     assert [e.error for e in events] == errors
     assert [e.delay for e in events] == fake.sleeps
@@ -563,6 +649,9 @@ def test_with_overrides_copies_and_keeps_the_injectables(fake: FakeTime) -> None
         ({"max_retry_after": "30"}, "max_retry_after"),
         ({"max_retry_after": True}, "max_retry_after"),
         ({"retry_on": "yes"}, "retry_on"),
+        ({"rate_limit_budget": 0}, "rate_limit_budget"),
+        ({"rate_limit_budget": math.inf}, "rate_limit_budget"),
+        ({"rate_limited": None}, "rate_limited"),
         ({"sleep": None}, "sleep"),
         ({"listener": 3}, "listener"),
     ],
@@ -633,22 +722,24 @@ def test_property_calls_and_sleeps(items, max_attempts, base_delay, extra_delay,
     fake = FakeTime()
     max_delay = base_delay + extra_delay
     fn = Scripted(items)
-    p = policy(fake, rng=rng, max_attempts=max_attempts, base_delay=base_delay, max_delay=max_delay)
+    # a rate-limit budget no script can use up: 429s (at most 8 x 110 s) never end the call here
+    p = policy(
+        fake, rng=rng, max_attempts=max_attempts, base_delay=base_delay, max_delay=max_delay, rate_limit_budget=1e4
+    )
 
-    # the model: walk the outcomes until one ends the call
-    expected_calls, expected_end = 0, None
-    for n in range(1, max_attempts + 1):
+    # the model: walk the outcomes until one ends the call; a 429 is not a failed attempt
+    expected_calls, expected_end, failures = 0, None, 0
+    while expected_end is None:
+        n = expected_calls = expected_calls + 1
         item = items[n - 1] if n <= len(items) else OK
-        expected_calls = n
         if item == OK:
             expected_end = "result"
-            break
-        if item == FATAL:
+        elif item == FATAL:
             expected_end = "raised"
-            break
-        if n == max_attempts or (isinstance(item, float) and item > max_delay):
-            expected_end = "exhausted"
-            break
+        elif item == RETRYABLE:
+            failures += 1
+            if failures == max_attempts:
+                expected_end = "exhausted"
 
     end, value = outcome_of(p, fn)
 
@@ -664,10 +755,11 @@ def test_property_calls_and_sleeps(items, max_attempts, base_delay, extra_delay,
     assert len(fn.raised) + (end == "result") == expected_calls
     assert len(fake.sleeps) == expected_calls - 1
     for error, slept in zip(fn.raised, fake.sleeps, strict=False):
-        assert 0.0 <= slept <= max_delay
         retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            assert slept >= retry_after
+        if retry_after is None:
+            assert 0.0 <= slept <= max_delay
+        else:
+            assert retry_after <= slept <= retry_after * 1.1 + 1e-9
 
 
 @settings(max_examples=300, deadline=None)
@@ -697,12 +789,14 @@ def test_property_never_sleeps_past_max_elapsed(
         p.call(timed)
 
     calls = len(fake.sleeps) + 1
-    assert calls <= max_attempts
+    rate_limited = sum(1 for error in fn.raised[: calls - 1] if isinstance(error, RateLimitExceededError))
+    assert calls - rate_limited <= max_attempts  # 429s are not counted as attempts
     # a sleep only ever starts if it ends within the budget
     assert sum(fake.sleeps) + takes * (calls - 1) <= max_elapsed + 1e-9
     for error, slept in zip(fn.raised, fake.sleeps, strict=False):
         retry_after = getattr(error, "retry_after", None)
         assert slept >= 0.0
-        assert slept <= max_delay or slept == retry_after  # only a server may ask for more
-        if retry_after is not None:
-            assert slept >= retry_after
+        if retry_after is None:
+            assert slept <= max_delay
+        else:  # only a server may ask for more than max_delay
+            assert retry_after <= slept <= max(max_delay, retry_after * 1.1 + 1e-9)

@@ -97,7 +97,7 @@ class SharedTokenCache:
         self._redis = SharedRedis(
             redis_client,
             f"token cache of tenant {credentials.tenant_id}",
-            degraded="tokens are cached per process",
+            degraded="tokens are cached per process (and token requests paced per process)",
             recheck_seconds=redis_recheck_seconds,
             clock=clock,
             log=log,
@@ -109,6 +109,11 @@ class SharedTokenCache:
         self._token_key = base
         self._lock_key = f"{base}:lock"
         self._rejected_key = f"{base}:rejected"
+
+    @property
+    def shared_redis(self) -> SharedRedis[redis.Redis]:
+        """The Redis of the cache and its outage state (the token rate limiter uses it too)."""
+        return self._redis
 
     @property
     def shared(self) -> bool:

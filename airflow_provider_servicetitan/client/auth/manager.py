@@ -30,9 +30,14 @@ import requests
 from cryptography.fernet import Fernet, MultiFernet
 
 from airflow_provider_servicetitan.client.auth.cache import SharedTokenCache
-from airflow_provider_servicetitan.client.auth.endpoint import TokenEndpoint
+from airflow_provider_servicetitan.client.auth.endpoint import (
+    DEFAULT_TOKEN_RATE_LIMIT_PER_SECOND,
+    TokenEndpoint,
+    token_rate_limiter,
+)
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.errors import InvalidCredentialsError, TokenRefreshError
+from airflow_provider_servicetitan.resilience.ratelimit import RateLimiter
 from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
 
 
@@ -60,6 +65,8 @@ class TokenManager:
     :param on_renew: called after each successful token request (metrics).
     :param on_token: called with every token that enters this process (e.g. to mask it in logs).
     :param redis_recheck_seconds: while Redis is unreachable, how often to try it again.
+    :param token_rate_limit_per_second: token requests per second of this client id across all
+        workers (shared in Redis; per process without it); ``None``: not paced.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class TokenManager:
         on_renew: Callable[[], None] | None = None,
         on_token: Callable[[str], None] | None = None,
         redis_recheck_seconds: float = DEFAULT_REDIS_RECHECK_SECONDS,
+        token_rate_limit_per_second: float | None = DEFAULT_TOKEN_RATE_LIMIT_PER_SECOND,
     ) -> None:
         self.credentials = credentials
         self._cache = SharedTokenCache(
@@ -93,7 +101,19 @@ class TokenManager:
             redis_recheck_seconds=redis_recheck_seconds,
             clock=clock,
         )
-        self._endpoint = TokenEndpoint(credentials, session=session, timeout=timeout)
+        limiter = (
+            None
+            if token_rate_limit_per_second is None
+            else token_rate_limiter(
+                credentials,
+                self._cache.shared_redis,
+                rate_per_second=token_rate_limit_per_second,
+                namespace=namespace,
+                redis_recheck_seconds=redis_recheck_seconds,
+                sleep=sleep,
+            )
+        )
+        self._endpoint = TokenEndpoint(credentials, session=session, timeout=timeout, rate_limiter=limiter)
         self._refresh_margin = refresh_margin
         self._wait_seconds = wait_seconds
         self._poll_interval = poll_interval
@@ -103,6 +123,11 @@ class TokenManager:
         self._on_token = on_token
         self._local: _Token | None = None
         self._local_lock = threading.Lock()
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        """The limiter pacing this client id's token requests (``None``: not paced)."""
+        return self._endpoint.rate_limiter
 
     def get_token(self) -> str:
         """A valid access token: from memory, else from Redis, else renewed for everybody."""
