@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test chaos lint typecheck check demo airflow
+.PHONY: install test chaos lint typecheck check demo airflow bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ CHAOS ?= chaos
 chaos: install
 	scripts/test-services
 	$(BIN)/pytest -m "$(CHAOS)" tests/chaos
+
+# Benchmarks, ours beside a peer in the same run, as one table of ratios (benchmarks/run.py). Fails only
+# when synced data differs from the sandbox's truth, never on a timing. BENCH_ARGS="--quick", "--only sync",
+# "--json bench.json"; "--help" lists them.
+BENCH_REDIS ?= redis://127.0.0.1:6379/7
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/pip install --quiet -e ".[bench]"
+	scripts/test-services
+	$(BIN)/python benchmarks/run.py --redis-url $(BENCH_REDIS) $(BENCH_ARGS)
 
 # lint-imports checks the layering contracts of pyproject.toml ([tool.importlinter], docs/architecture.md).
 lint: install
