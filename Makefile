@@ -14,6 +14,7 @@ install: $(BIN)/python
 
 test: install
 	scripts/test-services
+	scripts/ensure-chromium
 	$(BIN)/pytest
 
 # A sandbox of 3 tenants (chaos on one), one run of servicetitan_sync through Airflow, and what it did.

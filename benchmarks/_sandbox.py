@@ -167,6 +167,7 @@ def our_client(
     namespace: str,
     retry_policy: RetryPolicy | None = None,
     breaker_config: BreakerConfig | None = None,
+    rate_per_second: float | None = None,
 ) -> ServiceTitanClient:
     """Our client as ``ServiceTitanHook.get_conn`` builds it with default settings (without Airflow):
     shared token cache and circuit breaker in Redis, the ``default`` retry preset, and the shared API
@@ -175,7 +176,8 @@ def our_client(
     limiter = _api_rate_limiter()
     extra: dict[str, Any] = {}
     if limiter is not None:
-        extra["rate_limiter"] = limiter(credentials, redis_client, namespace=namespace)
+        rate = {} if rate_per_second is None else {"rate_per_second": rate_per_second}
+        extra["rate_limiter"] = limiter(credentials, redis_client, namespace=namespace, **rate)
     breaker = CircuitBreaker(
         f"tenant-{credentials.tenant_id}-{credentials.cache_id[:8]}",
         redis_client,
@@ -203,17 +205,24 @@ def stack() -> str:
 class Factory:
     """The credential and its client for ``sync_credential`` (the hook's role), one client per sync."""
 
-    def __init__(self, credentials: ServiceTitanCredentials, redis_client: redis.Redis | None, namespace: str) -> None:
+    def __init__(
+        self,
+        credentials: ServiceTitanCredentials,
+        redis_client: redis.Redis | None,
+        namespace: str,
+        rate_per_second: float | None = None,
+    ) -> None:
         self.credentials = credentials
         self.redis_client = redis_client
         self.namespace = namespace
+        self.rate_per_second = rate_per_second
         self.clients: list[ServiceTitanClient] = []
 
     def get_credentials(self) -> ServiceTitanCredentials:
         return self.credentials
 
     def get_conn(self) -> ServiceTitanClient:
-        client = our_client(self.credentials, self.redis_client, self.namespace)
+        client = our_client(self.credentials, self.redis_client, self.namespace, rate_per_second=self.rate_per_second)
         self.clients.append(client)
         return client
 

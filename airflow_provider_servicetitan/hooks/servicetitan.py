@@ -50,11 +50,17 @@ from airflow_provider_servicetitan.resilience.retry import RetryEvent, RetryPoli
 log = logging.getLogger(__name__)
 
 _BREAKER_TUNABLES = frozenset(
-    f.name for f in dataclasses.fields(BreakerConfig) if f.type in ("int", "float", int, float)
+    f.name for f in dataclasses.fields(BreakerConfig) if f.type in ("int", "float", "int | None", int, float)
 )
 _RETRY_TUNABLES = frozenset({"max_attempts", "base_delay", "max_delay", "max_elapsed", "rate_limit_budget"})
 # Rate limits accepted from a connection field: a positive number of requests per second, at most this.
 _MAX_RATE_PER_SECOND = 100_000.0
+
+
+def breaker_name(credentials: ServiceTitanCredentials) -> str:
+    """The name of a credential's circuit breaker (its Redis keys derive from it): one per tenant
+    and credential, without a secret in it."""
+    return f"tenant-{credentials.tenant_id}-{credentials.cache_id[:8]}"
 
 
 class ServiceTitanHook(BaseHook):
@@ -241,7 +247,7 @@ class ServiceTitanHook(BaseHook):
             redis_recheck_seconds=breaker_config.redis_recheck_seconds,
         )
         breaker = CircuitBreaker(
-            f"tenant-{credentials.tenant_id}-{credentials.cache_id[:8]}",
+            breaker_name(credentials),
             redis_client,
             config=breaker_config,
             namespace=self.namespace,

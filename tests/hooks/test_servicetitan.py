@@ -167,7 +167,7 @@ def test_rate_limits_default_to_servicetitans_and_are_shared_per_tenant(
     limiter = client.rate_limiter
     assert limiter is not None
     assert limiter.rate_per_second == 60.0
-    assert limiter.effective_rate == pytest.approx(54.0)  # the safety margin
+    assert limiter.effective_rate == pytest.approx(57.0)  # the safety margin
     assert limiter.backend == "redis"
     assert limiter.key.startswith(f"{key_prefix}:ratelimit:api:{client.tenant_id}:")
     assert client.credentials.app_key not in limiter.key

@@ -146,7 +146,7 @@ def clock() -> Clock:
 
 def test_config_defaults() -> None:
     config = BreakerConfig()
-    assert (config.failure_threshold, config.window_seconds, config.failure_rate_threshold) == (5, 60, 0.5)
+    assert (config.failure_threshold, config.window_seconds, config.failure_rate_threshold) == (None, 60, 0.5)
     assert (config.minimum_calls, config.open_seconds, config.max_open_seconds) == (10, 30, 600)
     assert (config.open_backoff_multiplier, config.half_open_max_calls, config.probe_lease_seconds) == (2, 1, 30)
     assert config.key_ttl_seconds > config.max_open_seconds
@@ -287,6 +287,26 @@ def test_failure_rate_below_threshold_keeps_it_closed(
     assert breaker.state == "closed"  # 2 / 5
     assert attempt(breaker, service.fail) == "raised"  # 3 / 6
     assert breaker.state == "open"
+
+
+def test_by_default_only_the_failure_rate_opens_it(client: redis.Redis | None, key_prefix: str, clock: Clock) -> None:
+    """A flaky service (many failures, a low rate) keeps its breaker closed; an outage opens it."""
+    transitions: list[BreakerTransition] = []
+    breaker = make_breaker(client, key_prefix, clock, transitions=transitions, closed_cache_seconds=0)
+    service = Service()
+    for _ in range(20):  # 20 failures in a minute, one call in ten: a 10% error rate
+        for fn in (service.fail, *[service.ok] * 9):
+            attempt(breaker, fn)
+        clock.advance(2)
+    assert breaker.state == "closed"
+    assert transitions == []
+
+    clock.advance(61)  # the flaky minute has left the window; now every call fails
+    outcomes = [attempt(breaker, service.fail) for _ in range(11)]
+
+    # minimum_calls (10) failed calls, a 100% failure rate: open, and the 11th is refused.
+    assert outcomes == ["raised"] * 10 + ["refused"]
+    assert summary(transitions) == [("closed", "open", "failure_rate")]
 
 
 @pytest.mark.parametrize(
@@ -744,6 +764,9 @@ def test_state_is_shared_and_each_transition_is_reported_by_the_process_that_mad
     worker_b = make_breaker(redis_client, key_prefix, clock, transitions=seen_b, failure_threshold=2)
     attempt(worker_a, Service().fail)
     attempt(worker_b, Service().fail)  # the second failure, counted with the first
+    # worker_a learned "closed" from its own failure's round trip: it may trust that for
+    # closed_cache_seconds (the staleness bound, tested on its own below), not longer.
+    clock.advance(worker_a.config.closed_cache_seconds)
     refusal(worker_a)
     clock.advance(30)
     assert worker_a.state == "half_open"
@@ -793,7 +816,17 @@ def test_keys_live_under_the_namespace_with_a_ttl(redis_client: redis.Redis, key
     breaker.acquire()
     check_keys({k for k in expected if k.endswith((":state", ":probes"))})
     state = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"{key_prefix}:breaker:{{{name}}}:state").items()}
-    assert set(state) == {"state", "gen", "open_until", "reopens", "since", "seq"}
+    assert set(state) == {
+        "state",
+        "gen",
+        "open_until",
+        "reopens",
+        "since",
+        "seq",
+        "last_call",
+        "last_failure",
+        "ttl_at",
+    }
     assert state["state"] == "half_open"
 
     breaker.force_open(7200)  # open longer than the TTL: the state must outlive the open period

@@ -196,6 +196,10 @@ class BreakerMachine(RuleBasedStateMachine):
         multiplier=st.sampled_from([1.0, 2.0, 3.0]),
         max_probes=st.integers(1, 3),
         operator_actions=st.integers(0, 3),
+        # How long a closed state learned from Redis is trusted and how many successes are buffered:
+        # in one process neither may change a single decision (nothing else changes the state).
+        closed_cache_seconds=st.sampled_from([0.0, 1.0, 4 * UNIT, 1000 * UNIT]),
+        success_batch_size=st.sampled_from([1, 3, 100]),
     )
     def build(
         self,
@@ -205,6 +209,8 @@ class BreakerMachine(RuleBasedStateMachine):
         multiplier: float,
         max_probes: int,
         operator_actions: int,
+        closed_cache_seconds: float,
+        success_batch_size: int,
     ) -> None:
         # Operators act rarely; unlimited, force_open would keep most examples open.
         self.operator_actions = operator_actions
@@ -218,6 +224,8 @@ class BreakerMachine(RuleBasedStateMachine):
             open_backoff_multiplier=multiplier,
             half_open_max_calls=max_probes,
             probe_lease_seconds=2 * UNIT,
+            closed_cache_seconds=closed_cache_seconds,
+            success_batch_size=success_batch_size,
         )
         self.breaker = CircuitBreaker(
             f"model-{uuid.uuid4().hex[:12]}",

@@ -6,6 +6,17 @@ failures (a count, or a rate once enough calls were seen) open it: calls are ref
 alone. After the open period it half-opens and admits a few probes across all workers; a probe
 success closes it, a probe failure opens it again for longer (exponential, capped).
 
+Shared through Redis, a breaker costs about one round trip per
+:attr:`~BreakerConfig.success_batch_size` successful calls in the closed state (or per
+:attr:`~BreakerConfig.closed_cache_seconds`), and one per failed call: a process admits closed-state
+calls from the state its last round trip returned and buffers successes while the window holds no
+failure. The staleness bound: a process trusts a closed state for ``closed_cache_seconds``
+(default 1 s) from the moment it sent the round trip that returned it, a round trip the breaker
+answered before it opened; so once the breaker opens, every process stops admitting calls within
+``closed_cache_seconds``, and at its first failure or flushed batch if that comes sooner. Failures
+are recorded at once; half-open (probe) admission is always one atomic decision in Redis. See
+:mod:`.redis_backend` for the details.
+
 The breaker knows nothing of the service it protects: which errors are failures is decided by the
 ``classify`` function its creator passes (by default every exception is one).
 
@@ -122,8 +133,8 @@ class CircuitBreaker:
         service's client knows which of its errors say the service is failing. The default,
         :func:`count_every_error`, counts every exception as a failure.
     :param clock: returns the current time in epoch seconds, used instead of Redis ``TIME`` and of
-        the fallback's monotonic clock. For tests; production leaves it ``None``: the shared state
-        runs on the Redis server's clock, never on a worker's.
+        the monotonic clock of the fallback and of the closed-state cache. For tests; production
+        leaves it ``None``: the shared state runs on the Redis server's clock, never on a worker's.
     """
 
     def __init__(
@@ -207,6 +218,17 @@ class CircuitBreaker:
             raise
         permit.success()
         return result
+
+    def flush(self) -> None:
+        """Write the successes this process buffered to Redis now (they are otherwise written with
+        the next round trip, within ``closed_cache_seconds`` of the calls that follow). Nothing to do
+        on the per-process breaker."""
+        shared = self._redis
+        if shared is None or not self._shared.up:
+            return
+        reply = self._shared.run(lambda _client: shared.flush(), lambda: None)
+        if reply is not None:
+            self._notify(reply.transitions)
 
     def force_open(self, seconds: float) -> None:
         """Open the breaker for ``seconds`` from now, whatever its state (an operator's action)."""

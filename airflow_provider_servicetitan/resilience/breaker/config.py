@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from airflow_provider_servicetitan.resilience.checks import require_positive, require_positive_int
+from airflow_provider_servicetitan.resilience.checks import is_finite_number, require_positive, require_positive_int
 from airflow_provider_servicetitan.resilience.shared_state import DEFAULT_REDIS_RECHECK_SECONDS
 
 __all__ = [
@@ -24,6 +24,10 @@ __all__ = [
     "Reply",
     "count_every_error",
 ]
+
+
+#: Largest :attr:`BreakerConfig.success_batch_size`: one script call carries the whole batch.
+MAX_SUCCESS_BATCH = 1000
 
 
 class BreakerState(StrEnum):
@@ -57,7 +61,10 @@ def count_every_error(error: BaseException) -> CallOutcome:
 class BreakerConfig:
     """Rules of a breaker. Every process sharing a breaker name must use the same config.
 
-    :param failure_threshold: open after this many failures inside the window.
+    :param failure_threshold: also open after this many failures inside the window, whatever the
+        calls around them; ``None`` (the default): only the failure rate decides. A count alone
+        does not scale with traffic: at 60 calls a second, 5 failures a minute is a 0.14% error
+        rate, which retries absorb and which must not stop a sync.
     :param window_seconds: length of the rolling window of outcomes.
     :param failure_rate_threshold: also open when failures / calls reaches this (0 < x <= 1)...
     :param minimum_calls: ...once at least this many calls are in the window.
@@ -70,9 +77,22 @@ class BreakerConfig:
         mid-probe cannot keep the breaker half-open forever.
     :param key_ttl_seconds: garbage-collection TTL of the Redis keys; must exceed the windows.
     :param redis_recheck_seconds: while Redis is unreachable, how often to try it again.
+    :param closed_cache_seconds: how long a process may admit calls from the *closed* state it
+        learned in its last Redis round trip, without asking Redis again (and how long it may
+        hold successes back, see ``success_batch_size``). This is the staleness bound of the
+        shared breaker: once it opens, every other process stops admitting calls within
+        ``closed_cache_seconds`` (counted on its own monotonic clock, or the injected clock, from
+        the sending of a round trip answered before the opening), sooner if it records a failure
+        or flushes its successes first.
+        ``0`` asks Redis at every call. Open and half-open admission is always decided in Redis.
+    :param success_batch_size: successes of closed-state calls a process buffers and writes to
+        Redis in one round trip, while the window holds no failure (successes alone can then not
+        open the breaker). The buffer is written when it holds this many, when it is older than
+        ``closed_cache_seconds``, and with any other round trip (a failure is never delayed by
+        it). ``1`` writes every success at once. At most 1000.
     """
 
-    failure_threshold: int = 5
+    failure_threshold: int | None = None
     window_seconds: float = 60.0
     failure_rate_threshold: float = 0.5
     minimum_calls: int = 10
@@ -83,10 +103,18 @@ class BreakerConfig:
     probe_lease_seconds: float = 30.0
     key_ttl_seconds: float = 86400.0
     redis_recheck_seconds: float = DEFAULT_REDIS_RECHECK_SECONDS
+    closed_cache_seconds: float = 1.0
+    success_batch_size: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("failure_threshold", "minimum_calls", "half_open_max_calls"):
+        if self.failure_threshold is not None:
+            require_positive_int(self.failure_threshold, "failure_threshold")
+        for name in ("minimum_calls", "half_open_max_calls", "success_batch_size"):
             require_positive_int(getattr(self, name), name)
+        if self.success_batch_size > MAX_SUCCESS_BATCH:
+            raise ValueError(f"success_batch_size must be <= {MAX_SUCCESS_BATCH}, got {self.success_batch_size!r}")
+        if not is_finite_number(self.closed_cache_seconds) or self.closed_cache_seconds < 0:
+            raise ValueError(f"closed_cache_seconds must be a finite number >= 0, got {self.closed_cache_seconds!r}")
         for name in (
             "window_seconds",
             "failure_rate_threshold",

@@ -111,7 +111,7 @@ class LocalBackend:
             self._window.append((self._now, failed))
             self._failures += failed
             calls = len(self._window)
-            if self._failures >= config.failure_threshold:
+            if config.failure_threshold is not None and self._failures >= config.failure_threshold:
                 self._open_for(config.open_duration(self._reopens), "failure_threshold")
             elif calls >= config.minimum_calls and self._failures / calls >= config.failure_rate_threshold:
                 self._open_for(config.open_duration(self._reopens), "failure_rate")
