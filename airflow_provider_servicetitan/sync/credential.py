@@ -192,12 +192,15 @@ def sync_credential(
         on_connect(client)
 
     batch = _ResourceBatch(
-        client,
-        store,
-        credential=credential,
-        run_id=run_id,
-        include_recent_changes=include_recent_changes,
-        events=events,
+        functools.partial(
+            sync_resource,
+            client,
+            store,
+            credential=credential,
+            run_id=run_id,
+            include_recent_changes=include_recent_changes,
+            events=events,
+        ),
         reexports=reexports or {},
         on_error=on_error,
         on_resource=on_resource,
@@ -236,27 +239,16 @@ class _ResourceBatch:
 
     def __init__(
         self,
-        client: ServiceTitanClient,
-        store: SyncStore,
+        sync: Callable[..., ResourceSummary],
         *,
-        credential: str,
-        run_id: str,
-        include_recent_changes: bool,
-        events: SyncEvents,
         reexports: Mapping[str, Reexport],
         on_error: Callable[[Exception], None] | None,
         on_resource: Callable[[ResourceSummary, float], None] | None,
         clock: Callable[[], float],
     ) -> None:
-        self._sync = functools.partial(
-            sync_resource,
-            client,
-            store,
-            credential=credential,
-            run_id=run_id,
-            include_recent_changes=include_recent_changes,
-            events=events,
-        )
+        """:param sync: syncs one resource, given ``resource=`` and ``reexport=`` (``sync_resource``
+        with the rest bound)."""
+        self._sync = sync
         self._reexports = reexports
         self._on_error = on_error
         self._on_resource = on_resource

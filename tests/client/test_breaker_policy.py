@@ -75,7 +75,7 @@ def test_a_breaker_given_the_classifier_is_not_opened_by_client_errors() -> None
     generic = CircuitBreaker("generic", None)
     servicetitan = CircuitBreaker("servicetitan", None, classify=classify_servicetitan_error)
     for breaker in (generic, servicetitan):
-        for _ in range(generic.config.failure_threshold):
+        for _ in range(generic.config.minimum_calls):
             with pytest.raises(NotFoundError):
                 breaker.call(fail)
     assert (generic.state, servicetitan.state) == ("open", "closed")
