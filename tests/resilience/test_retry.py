@@ -527,7 +527,7 @@ def test_each_retry_is_logged_and_reported(fake: FakeTime, caplog: pytest.LogCap
     [record] = [r for r in caplog.records if r.name == LOGGER]
     assert record.levelno == logging.WARNING
     message = record.getMessage()
-    for expected in ("fetch_page", "attempt 1 of 3", "1.50s", "ServiceTitanServerError", "0HM-trace-abc"):
+    for expected in ("fetch_page", "attempt 1 of 5", "1.50s", "ServiceTitanServerError", "0HM-trace-abc"):
         assert expected in message
     assert record.retry_attempt == 1  # type: ignore[attr-defined]
     assert record.retry_delay == 1.5  # type: ignore[attr-defined]
@@ -581,7 +581,7 @@ def test_a_failing_listener_does_not_break_the_call(fake: FakeTime, caplog: pyte
 @pytest.mark.parametrize(
     ("factory", "expected"),
     [
-        (RetryPolicy.default, (3, 1.0, 60.0)),
+        (RetryPolicy.default, (5, 0.25, 60.0)),
         (RetryPolicy.aggressive, (5, 2.0, 60.0)),
         (RetryPolicy.conservative, (2, 5.0, 60.0)),
     ],
