@@ -16,5 +16,10 @@ COPY --chown=airflow:0 airflow_provider_servicetitan /opt/airflow/servicetitan-p
 
 # Pinning apache-airflow to the image's own version (AIRFLOW_VERSION is set by the base image) keeps
 # pip from upgrading or downgrading Airflow while it resolves the provider's dependencies.
+# apache-airflow-providers-celery runs the `celery` profile's workers and flower (CeleryExecutor,
+# celery[redis], flower). The regular official image already ships it, so pip keeps that version;
+# named here so that a `slim-` base image, which has no providers, gets it too. Celery 5.7 dropped
+# `celery.backends.database.retry`, which the celery provider 3.26 still imports: below 5.7.
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
-        "/opt/airflow/servicetitan-provider[postgres]"
+        "/opt/airflow/servicetitan-provider[postgres]" \
+        "apache-airflow-providers-celery" "celery<5.7"

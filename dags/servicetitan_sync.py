@@ -15,7 +15,8 @@ parsed, come from environment variables so that no Variable is read at parse tim
 - ``SERVICETITAN_TABLE_PREFIX``: the warehouse table prefix (``servicetitan``);
 - ``SERVICETITAN_ALERT_WEBHOOK_CONN_ID`` / ``SERVICETITAN_ALERT_EMAIL``: alert channels (optional);
 - ``SERVICETITAN_DEAD_LETTER_THRESHOLD``: parked records per credential that call a person (50);
-- ``SERVICETITAN_MAX_CONCURRENCY``: resources of one credential synced at the same time (4).
+- ``SERVICETITAN_MAX_CONCURRENCY``: resources of one credential synced at the same time (4);
+- ``SERVICETITAN_CREDENTIAL_SHARDS``: mapped groups of credentials (1), see below.
 
 The shared Redis (tokens, breakers, alert deduplication) and its key prefix are the provider's
 ``[servicetitan] redis_conn_id`` / ``redis_namespace`` settings, the same for this DAG, the hook and
@@ -24,6 +25,13 @@ the connection's Test button.
 The credentials to sync are the connection ids in the Airflow Variable
 ``servicetitan_connections`` (a JSON list), read at run time, or the ``connections`` param given
 when the DAG is triggered.
+
+More credentials than Airflow maps at once (``[core] max_map_length``, 1024 by default): set
+``SERVICETITAN_CREDENTIAL_SHARDS`` to the number of mapped groups (1 by default). Shard 1 is the
+group ``credential``, shard k the group ``credential_k`` after a task ``shard_k`` that picks its
+credentials; they fill the shards in list order, ``max_map_length`` each, so appending one never
+moves another. Too many for the shards fails ``list_credentials`` before anything syncs, saying
+how many shards are needed. Each credential stays its own task instance, named by its connection id.
 
 To re-export one resource (or a few) of one credential from scratch or from a day, trigger the DAG
 with config (``Trigger DAG`` in the UI, or ``airflow dags trigger servicetitan_sync --conf ...``):
@@ -47,6 +55,7 @@ from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAle
 from airflow_provider_servicetitan.operators.recovery import ServiceTitanRecoveryOperator
 from airflow_provider_servicetitan.operators.report import ServiceTitanReportOperator
 from airflow_provider_servicetitan.operators.sync import CREDENTIAL_TASK_DEFAULTS, ServiceTitanSyncOperator
+from airflow_provider_servicetitan.shards import SHARDS_SETTING, check_capacity, group_id, parse_shards, shard_of
 from airflow_provider_servicetitan.sync.credential import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_servicetitan.sync.reexport import REEXPORT_FROM_START, check_reexport_request
 from airflow_provider_servicetitan.task_retry import ServiceTitanRetryPolicy
@@ -57,7 +66,7 @@ TABLE_PREFIX = os.environ.get("SERVICETITAN_TABLE_PREFIX", "servicetitan")
 MAX_RECOVERY_ATTEMPTS = 3
 # Rendered per mapped sync task: the re-export applies only to the credential the param names.
 _IF_REEXPORTED_HERE = "if params.reexport_connection == task.servicetitan_conn_id else ''"
-CREDENTIAL_GROUP = "credential"
+CREDENTIAL_SHARDS = parse_shards(os.environ.get(SHARDS_SETTING))
 
 alerts = ServiceTitanAlertNotifier(
     webhook_conn_id=os.environ.get("SERVICETITAN_ALERT_WEBHOOK_CONN_ID") or None,
@@ -122,6 +131,10 @@ with DAG(
             )
         credentials = list(dict.fromkeys(chosen))
         try:
+            check_capacity(len(credentials), shards=CREDENTIAL_SHARDS, max_map_length=_max_map_length())
+        except ValueError as too_many:
+            raise AirflowFailException(str(too_many)) from None
+        try:
             check_reexport_request(
                 params.get("reexport_from"),
                 params.get("reexport_connection"),
@@ -135,6 +148,11 @@ with DAG(
 
     credentials = list_credentials()
 
+    @task
+    def shard(credentials: list[str], number: int) -> list[str]:
+        """The credentials of shard ``number``: the next ``[core] max_map_length`` of the run's list."""
+        return shard_of(credentials, number, max_map_length=_max_map_length())
+
     # What both per-credential tasks share: named by credential in the UI, same stores, same alerts,
     # the same Airflow retries.
     per_credential: dict[str, Any] = {
@@ -146,7 +164,7 @@ with DAG(
         "on_failure_callback": alerts,
     }
 
-    @task_group(group_id=CREDENTIAL_GROUP)
+    @task_group
     def sync_then_recover(servicetitan_conn_id: str) -> None:
         """One credential: its sync, then the recovery of its parked records whatever the sync did."""
         synced = ServiceTitanSyncOperator(
@@ -168,7 +186,16 @@ with DAG(
         )
         synced >> recovered
 
-    chains = sync_then_recover.expand(servicetitan_conn_id=credentials)
+    # One mapped group per shard; a single shard maps straight over the run's list.
+    groups = [group_id(number) for number in range(1, CREDENTIAL_SHARDS + 1)]
+    chains = [
+        sync_then_recover.override(group_id=group_id(number)).expand(
+            servicetitan_conn_id=credentials
+            if CREDENTIAL_SHARDS == 1
+            else shard.override(task_id=f"shard_{number}")(credentials, number)
+        )
+        for number in range(1, CREDENTIAL_SHARDS + 1)
+    ]
 
     report = ServiceTitanReportOperator(
         task_id="report",
@@ -186,4 +213,11 @@ with DAG(
     verdict = EmptyOperator(task_id="all_credentials_synced", trigger_rule="none_failed")
 
     chains >> report >> verdict
-    [dag.task_dict[f"{CREDENTIAL_GROUP}.sync"], dag.task_dict[f"{CREDENTIAL_GROUP}.recover"]] >> verdict
+    [dag.task_dict[f"{group}.{task_id}"] for group in groups for task_id in ("sync", "recover")] >> verdict
+
+
+def _max_map_length() -> int:
+    """``[core] max_map_length`` as the task sees it (every Airflow component must agree on it)."""
+    from airflow.sdk.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)

@@ -6,12 +6,16 @@ against the Compose Specification's JSON schema, and checked for what the deploy
 ids, env var names and config options it sets are the ones the provider and the DAG read. What can
 run without Docker runs for real: the sandbox command through the CLI's parser, the health-check
 URLs, the init script against a real sandbox (each connection passes the hook's Test) and a fresh
-metadata database with the real ``airflow`` CLI, the PostgreSQL init script on the local server.
+metadata database with the real ``airflow`` CLI, the PostgreSQL init script on the local server,
+the Celery worker's start guard with bash. The ``celery`` and ``flower`` profiles are checked the way
+Compose selects services: which ones each set of profiles starts, and that each of them can start.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import json
 import os
 import re
@@ -28,6 +32,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import redis
 import sqlalchemy as sa
 import yaml
 from cryptography.fernet import Fernet
@@ -60,7 +65,11 @@ AIRFLOW_COMMANDS = {
     "airflow-triggerer": "triggerer",
 }
 AIRFLOW_SERVICES = {"airflow-init", *AIRFLOW_COMMANDS}
+# What `docker compose up` starts: no profile.
 SERVICES = {"postgres", "redis", "sandbox", *AIRFLOW_SERVICES}
+# The services of each profile (CeleryExecutor's workers; flower, Celery's UI).
+PROFILED = {"airflow-worker": ["celery"], "flower": ["flower"]}
+CELERY_APP = "airflow.providers.celery.executors.celery_executor"
 DAGS_FOLDER = "/opt/airflow/dags"  # $AIRFLOW_HOME/dags of the official image
 # Secrets: each must come from .env, required (``${VAR:?...}``), with a placeholder in .env.example.
 SECRETS = {
@@ -75,6 +84,9 @@ SECRETS = {
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|_AUTH$|TOKEN|WEBHOOK_URL")
 # The README's section on the compose file.
 README_SECTION = "## Run it with Docker Compose"
+COMPOSE_DOC = ROOT / "docs" / "compose.md"
+SCALING_SECTION = "## Scaling out with CeleryExecutor"
+CELERY_UP = "AIRFLOW_EXECUTOR=CeleryExecutor docker compose --profile celery up -d"
 
 # Compose interpolation: $$ (a literal $), ${NAME}, ${NAME:-default}, ${NAME-default},
 # ${NAME:?error}, ${NAME?error}, $NAME.
@@ -148,12 +160,14 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
 
 
 @pytest.fixture(scope="module")
 def common_env(compose: dict[str, Any]) -> dict[str, str]:
-    return compose["x-airflow-common"]["environment"]
+    env: dict[str, str] = compose["x-airflow-common"]["environment"]
+    return env
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -163,16 +177,25 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def _dag_env_settings() -> set[str]:
-    """The ``SERVICETITAN_*`` environment variables the DAG files read (``os.environ.get("...")``)."""
-    names = set()
+    """The ``SERVICETITAN_*`` environment variables the DAG files read: ``os.environ.get("...")``, or
+    ``os.environ.get(NAME)`` with ``NAME`` a constant imported from the provider."""
+    names: set[str] = set()
     for path in DAGS.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and ast.unparse(node.func) in {"os.environ.get", "os.getenv"}
-                and isinstance(node.args[0], ast.Constant)
-            ):
-                names.add(node.args[0].value)
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.asname or alias.name: (node.module, alias.name)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in {"os.environ.get", "os.getenv"}:
+                name = node.args[0]
+                if isinstance(name, ast.Constant):
+                    names.add(str(name.value))
+                elif isinstance(name, ast.Name) and name.id in imported:
+                    module, attribute = imported[name.id]
+                    names.add(getattr(importlib.import_module(module), attribute))
     return {name for name in names if name.startswith("SERVICETITAN_")}
 
 
@@ -186,6 +209,13 @@ def _dag_constant(name: str) -> str:
             assert isinstance(value, ast.Constant)
             return str(value.value)
     raise AssertionError(f"{name} not found in {SYNC_DAG.name}")
+
+
+def active_services(services: dict[str, dict[str, Any]], profiles: set[str]) -> set[str]:
+    """The services ``docker compose --profile ... up`` starts: those with no profile or an enabled one."""
+    return {
+        name for name, service in services.items() if not service.get("profiles") or profiles & set(service["profiles"])
+    }
 
 
 def _load_init_script() -> ModuleType:
@@ -205,7 +235,20 @@ def test_interpolation_helpers_follow_compose() -> None:
 
 
 def test_services_exist(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == SERVICES
+    assert set(services) == SERVICES | set(PROFILED)
+    assert {name: services[name].get("profiles") for name in services if services[name].get("profiles")} == PROFILED
+
+
+def test_profiles_start_the_right_services(services: dict[str, dict[str, Any]]) -> None:
+    """The default set is the LocalExecutor deployment; each profile adds its services, and every
+    service a selection starts has its dependencies in it (Compose refuses one in a disabled profile)."""
+    assert active_services(services, set()) == SERVICES
+    assert active_services(services, {"celery"}) == SERVICES | {"airflow-worker"}
+    assert active_services(services, {"celery", "flower"}) == SERVICES | set(PROFILED)
+    for profiles in (set(), {"celery"}, {"flower"}, {"celery", "flower"}):
+        active = active_services(services, profiles)
+        for name in active:
+            assert set(services[name].get("depends_on", {})) <= active, (profiles, name)
 
 
 def test_airflow_services_share_the_built_image_and_the_common_env(
@@ -213,10 +256,10 @@ def test_airflow_services_share_the_built_image_and_the_common_env(
 ) -> None:
     image = compose["x-servicetitan-image"]
     assert image["build"] == {"context": ".", "dockerfile": "Dockerfile"}
-    for name in [*AIRFLOW_SERVICES, "sandbox"]:
+    for name in [*AIRFLOW_SERVICES, *PROFILED, "sandbox"]:
         assert services[name]["build"] == image["build"], name
         assert services[name]["image"] == image["image"], name
-    for name in AIRFLOW_SERVICES:
+    for name in [*AIRFLOW_SERVICES, *PROFILED]:
         env = _environment(services[name])
         assert {key: env.get(key) for key in common_env} == {k: str(v) for k, v in common_env.items()}, name
     # The sandbox gets none of Airflow's secrets.
@@ -224,7 +267,10 @@ def test_airflow_services_share_the_built_image_and_the_common_env(
 
 
 def test_common_env_is_the_airflow_33_deployment(common_env: dict[str, str]) -> None:
-    assert common_env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    # LocalExecutor unless .env (or the shell) says otherwise.
+    assert common_env["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-LocalExecutor}"
+    assert interpolate(common_env["AIRFLOW__CORE__EXECUTOR"], {}) == "LocalExecutor"
+    assert interpolate(common_env["AIRFLOW__CORE__EXECUTOR"], env_example()) == "LocalExecutor"
     assert common_env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
     assert common_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert common_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
@@ -259,10 +305,14 @@ def test_sandbox_command_is_accepted_by_the_cli(services: dict[str, dict[str, An
 
 
 def test_ports(services: dict[str, dict[str, Any]]) -> None:
+    from airflow.configuration import conf
+
     published = {name: service.get("ports", []) for name, service in services.items()}
     assert published["airflow-apiserver"] == ["${AIRFLOW_API_PORT:-8080}:8080"]
     assert published["sandbox"] == ["127.0.0.1:${SANDBOX_PORT:-8765}:8765"], "admin endpoints: localhost only"
-    assert {name for name, ports in published.items() if ports} == {"airflow-apiserver", "sandbox"}
+    flower_port = conf.get_default_value("celery", "flower_port")
+    assert published["flower"] == [f"127.0.0.1:${{FLOWER_PORT:-{flower_port}}}:{flower_port}"], "no login: localhost"
+    assert {name for name, ports in published.items() if ports} == {"airflow-apiserver", "sandbox", "flower"}
 
 
 def test_health_checks(services: dict[str, dict[str, Any]], common_env: dict[str, str]) -> None:
@@ -273,7 +323,7 @@ def test_health_checks(services: dict[str, dict[str, Any]], common_env: dict[str
     tests = {
         name: " ".join(service["healthcheck"]["test"]) for name, service in services.items() if name != "airflow-init"
     }
-    assert set(tests) == SERVICES - {"airflow-init"}
+    assert set(tests) == set(services) - {"airflow-init"}
     assert "pg_isready" in tests["postgres"]
     assert tests["redis"] == "CMD redis-cli ping"
     redis_command = services["redis"]["command"]
@@ -281,7 +331,7 @@ def test_health_checks(services: dict[str, dict[str, Any]], common_env: dict[str
     assert services["redis"]["environment"]["REDISCLI_AUTH"] == password, "redis-cli needs the server's password"
     assert "http://localhost:8765/_sandbox/stats" in tests["sandbox"]
     assert "http://localhost:8080/api/v2/monitor/health" in tests["airflow-apiserver"]
-    assert "/api/v2/monitor/health" in [route.path for route in public_router.routes]
+    assert "/api/v2/monitor/health" in [getattr(route, "path", None) for route in public_router.routes]
     port = conf.get_default_value("scheduler", "scheduler_health_check_server_port")
     assert f"http://localhost:{port}/health" in tests["airflow-scheduler"]
     assert common_env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
@@ -289,6 +339,135 @@ def test_health_checks(services: dict[str, dict[str, Any]], common_env: dict[str
     for name, job in (("airflow-dag-processor", "DagProcessorJob"), ("airflow-triggerer", "TriggererJob")):
         assert f"airflow jobs check --job-type {job}" in tests[name]
         assert job in job_types
+
+
+def _defines(module: str, attribute: str) -> bool:
+    """Whether ``module`` (not imported: found and parsed) binds ``attribute`` at module level, directly
+    or through a module ``__getattr__`` that names it."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None, f"{module} is not installed"
+    assert spec.origin is not None
+    for node in ast.parse(Path(spec.origin).read_text()).body:
+        if isinstance(node, ast.Assign) and attribute in {ast.unparse(target) for target in node.targets}:
+            return True
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            return any(isinstance(n, ast.Constant) and n.value == attribute for n in ast.walk(node))
+    return False
+
+
+def test_celery_settings_are_the_celery_providers(compose: dict[str, Any], common_env: dict[str, str]) -> None:
+    """Every ``AIRFLOW__CELERY__*`` the file sets is an option of apache-airflow-providers-celery."""
+    from airflow.providers.celery.get_provider_info import get_provider_info as celery_provider_info
+
+    options = celery_provider_info()["config"]["celery"]["options"]  # type: ignore[no-untyped-call]
+    keys = {key for service in compose["services"].values() for key in _environment(service)}
+    celery_keys = {key for key in keys if key.startswith("AIRFLOW__CELERY__")}
+    assert celery_keys == {
+        "AIRFLOW__CELERY__BROKER_URL",
+        "AIRFLOW__CELERY__RESULT_BACKEND",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY",
+    }
+    for key in celery_keys:
+        assert key.removeprefix("AIRFLOW__CELERY__").lower() in options, key
+    assert {"AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND"} <= set(common_env), "scheduler too"
+
+
+def test_celery_broker_is_its_own_redis_database(
+    services: dict[str, dict[str, Any]], common_env: dict[str, str]
+) -> None:
+    """The broker is the ``redis`` service, with its password from .env, in a database the provider's
+    ``redis_default`` does not use; with .env.example's values and with the defaults alike."""
+    raw = common_env["AIRFLOW__CELERY__BROKER_URL"]
+    assert "${REDIS_PASSWORD:?" in raw, "the password comes from .env, required"
+    example = env_example()
+    secrets_only = {name: example[name] for name in SECRETS}
+    provider_db = _environment(services["airflow-init"])["REDIS_DB"]
+    for env in (example, secrets_only):
+        broker = redis.ConnectionPool.from_url(interpolate(raw, env)).connection_kwargs
+        assert (broker["host"], broker["port"], broker["password"]) == ("redis", 6379, example["REDIS_PASSWORD"])
+        assert broker["db"] != int(interpolate(provider_db, env)), "Celery's queues and the provider's keys: apart"
+    assert redis.ConnectionPool.from_url(interpolate(raw, example)).connection_kwargs["db"] == int(
+        example["CELERY_REDIS_DB"]
+    )
+
+
+def test_celery_result_backend_is_the_metadata_database(common_env: dict[str, str]) -> None:
+    example = env_example()
+    backend = interpolate(common_env["AIRFLOW__CELERY__RESULT_BACKEND"], example)
+    assert backend.startswith("db+postgresql://"), "Celery's database backend, as Airflow recommends"
+    result = sa.make_url(backend.removeprefix("db+"))
+    metadata = sa.make_url(interpolate(common_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], example))
+    fields = ("host", "port", "database", "username", "password")
+    assert [getattr(result, f) for f in fields] == [getattr(metadata, f) for f in fields]
+
+
+def test_celery_workers_run_what_the_scheduler_would(services: dict[str, dict[str, Any]]) -> None:
+    """Same environment (the DAG's ``SERVICETITAN_*`` settings included), DAG folder, logs and start
+    order as the scheduler; two replicas or more; Airflow's health check, log server and warm shutdown."""
+    from airflow.configuration import conf
+
+    worker, scheduler = services["airflow-worker"], services["airflow-scheduler"]
+    env, scheduler_env = _environment(worker), _environment(scheduler)
+    assert {key: env.get(key) for key in scheduler_env} == scheduler_env
+    assert set(env) - set(scheduler_env) == {"AIRFLOW__CELERY__WORKER_CONCURRENCY", "DUMB_INIT_SETSID"}
+    assert _dag_env_settings() <= set(env)
+    assert env["DUMB_INIT_SETSID"] == "0", "dumb-init signals the worker alone: Celery's warm shutdown"
+    concurrency = conf.get_default_value("celery", "worker_concurrency")
+    assert interpolate(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"], {}) == concurrency
+    assert env_example()["AIRFLOW_CELERY_WORKER_CONCURRENCY"] == concurrency
+    assert worker["volumes"] == scheduler["volumes"]
+    assert f"./dags:{DAGS_FOLDER}:ro" in worker["volumes"]
+    assert worker["depends_on"] == scheduler["depends_on"]
+    replicas = str(worker["deploy"]["replicas"])
+    assert int(interpolate(replicas, {})) >= 2
+    assert int(interpolate(replicas, env_example())) >= 2
+    assert {"scale", "container_name", "hostname", "ports"}.isdisjoint(worker), "`--scale` must add containers"
+    assert worker["expose"] == [conf.get_default_value("logging", "worker_log_server_port")]
+    health = " ".join(worker["healthcheck"]["test"])
+    assert f'celery --app {CELERY_APP}.app inspect ping -d "celery@$${{HOSTNAME}}"' in health
+    assert _defines(CELERY_APP, "app")
+
+
+def test_celery_worker_starts_only_under_celery_executor(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """The worker's command, run by bash as the image's entrypoint would, with a stand-in ``airflow``:
+    it becomes ``airflow celery worker`` under CeleryExecutor and refuses to start under another one."""
+    from airflow.cli.cli_parser import get_parser
+
+    shell, flag, script = services["airflow-worker"]["command"]
+    assert (shell, flag) == ("bash", "-c")
+    stand_in = tmp_path / "airflow"
+    stand_in.write_text('#!/bin/sh\necho "airflow $*"\n')
+    stand_in.chmod(0o755)
+
+    def start(executor: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin{os.pathsep}/bin", "AIRFLOW__CORE__EXECUTOR": executor}
+        return subprocess.run(
+            ["bash", "-c", interpolate(script, {})], env=env, capture_output=True, text=True, timeout=30
+        )
+
+    for executor in ("CeleryExecutor", "airflow.providers.celery.executors.celery_executor.CeleryExecutor"):
+        started = start(executor)
+        assert (started.returncode, started.stdout, started.stderr) == (0, "airflow celery worker\n", ""), executor
+    refused = start("LocalExecutor")
+    assert (refused.returncode, refused.stdout) == (64, "")
+    assert "AIRFLOW_EXECUTOR=CeleryExecutor" in refused.stderr
+    for command in (["celery", "worker"], ["celery", "flower"]):
+        assert callable(get_parser().parse_args(command).func), command
+
+
+def test_flower(services: dict[str, dict[str, Any]]) -> None:
+    from flower.urls import handlers
+
+    flower = services["flower"]
+    assert flower["command"] == "celery flower"
+    assert "http://localhost:5555/healthcheck" in flower["healthcheck"]["test"]
+    patterns = {handler[0] if isinstance(handler, tuple) else handler.regex.pattern for handler in handlers}
+    assert "/healthcheck" in patterns, "flower's own health endpoint"
+    assert {name: rule["condition"] for name, rule in flower["depends_on"].items()} == {
+        "postgres": "service_healthy",
+        "redis": "service_healthy",
+        "airflow-init": "service_completed_successfully",
+    }
 
 
 def test_sandbox_health_check_url_answers() -> None:
@@ -347,13 +526,20 @@ def test_no_literal_secret_in_the_compose_file(compose: dict[str, Any], services
         "AIRFLOW__CORE__FERNET_KEY",
         "AIRFLOW__API_AUTH__JWT_SECRET",
     } <= checked
+    secrets = {env_example()[name] for name in SECRETS}
+    urls: set[str] = set()
     for text in _strings(compose):
         for password in re.findall(r"://[^/\s:@]*:([^@\s]*)@", text):
             assert re.fullmatch(r"\$\{[^}]+\}", password), f"literal password in {text!r}"
+        # Interpolated, every password of a URL is one of the .env secrets (a ":?" message has spaces).
+        for password in re.findall(r"://[^/\s:@]*:([^@\s]*)@", interpolate(text, env_example())):
+            assert password in secrets, f"a password not from .env in {text!r}"
+            urls.add(text)
+    assert len(urls) == 3, "the metadata database, the Celery broker and result backend"
 
 
 def test_dags_folder_is_mounted_read_only(services: dict[str, dict[str, Any]]) -> None:
-    for name in AIRFLOW_COMMANDS:
+    for name in [*AIRFLOW_COMMANDS, "airflow-worker"]:
         assert f"./dags:{DAGS_FOLDER}:ro" in services[name]["volumes"], name
         assert "airflow-logs:/opt/airflow/logs" in services[name]["volumes"], name
     assert SYNC_DAG.is_file()
@@ -547,6 +733,7 @@ def test_dockerfile_builds_the_pinned_airflow_with_the_provider() -> None:
     assert Version(base["python"]) in Requirement(f"python{project['requires-python']}").specifier
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in text, "pip must not change the image's Airflow"
     assert '"/opt/airflow/servicetitan-provider[postgres]"' in text
+    assert '"apache-airflow-providers-celery"' in text, "`airflow celery` of the workers and flower, slim images too"
     for source in ("pyproject.toml README.md", "airflow_provider_servicetitan"):
         assert f"COPY --chown=airflow:0 {source} /opt/airflow/servicetitan-provider/" in text
 
@@ -559,6 +746,29 @@ def test_readme_documents_docker_compose() -> None:
         assert text in section, text
     for text in ("servicetitan_warehouse", "servicetitan_connections", "servicetitan_sandbox_"):
         assert text in section, text
+    assert CELERY_UP in section
+    assert "(docs/compose.md#scaling-out-with-celeryexecutor)" in section
+
+
+def test_compose_doc_explains_scaling_out(services: dict[str, dict[str, Any]]) -> None:
+    """The section names the profiles, service and variables the file has, and links docs/scaling.md."""
+    section = COMPOSE_DOC.read_text().split(SCALING_SECTION, 1)[1].split("\n## ", 1)[0]
+    assert CELERY_UP in section
+    assert "--profile celery --profile flower" in section
+    scaled = re.findall(r"--scale ([\w-]+)=\d+", section)
+    assert scaled, "how to add workers"
+    for name in scaled:
+        assert services[name]["profiles"] == ["celery"], name
+    documented = set(re.findall(r"\b(?:AIRFLOW|CELERY|FLOWER|SERVICETITAN)_[A-Z_]+\b", section))
+    assert {
+        "AIRFLOW_CELERY_WORKERS",
+        "AIRFLOW_CELERY_WORKER_CONCURRENCY",
+        "CELERY_REDIS_DB",
+        "FLOWER_PORT",
+    } <= documented
+    assert {name for name in documented if "__" not in name} <= set(env_example()), "each one .env sets"
+    assert "AIRFLOW__CELERY__WORKER_CONCURRENCY" in section
+    assert "(scaling.md)" in section
 
 
 def _interpolated(node: Any, env: dict[str, str]) -> Any:

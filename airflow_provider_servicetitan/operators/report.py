@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
 from airflow_provider_servicetitan.notifications.alerts import AlertKind
@@ -22,7 +23,9 @@ class ServiceTitanReportOperator(BaseOperator):
     neither holds. Credential rejections and exhausted retries alert from the failing task's
     callback, an opened circuit from the breaker; this task adds the totals.
 
-    :param connections: the credentials of the run (templated; an XCom list works).
+    :param connections: the credentials of the run (templated; an XCom list works). ``None``, as an
+        XCom of a listing task that failed resolves, skips the report: there is no run to sum up, and
+        failing (then retrying) would only delay the run's verdict.
     :param warehouse_conn_id: the warehouse the sync wrote to (templated).
     :param notifier: where alerts go; ``None`` only logs.
     :param dead_letter_threshold: open dead letters per credential that call a person.
@@ -59,6 +62,8 @@ class ServiceTitanReportOperator(BaseOperator):
         self.max_recovery_attempts = max_recovery_attempts
 
     def execute(self, context: Context) -> dict[str, dict[str, object]]:
+        if self.connections is None:
+            raise AirflowSkipException("the run's credentials were not listed: nothing to report")
         run_id = str(context["run_id"])
         with open_store(self.warehouse_conn_id, table_prefix=self.table_prefix) as store:
             totals = store.run_totals(

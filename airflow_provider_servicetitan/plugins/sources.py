@@ -31,6 +31,7 @@ from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook, b
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
 from airflow_provider_servicetitan.plugins.health import CredentialTarget, TaskLink
 from airflow_provider_servicetitan.resilience.breaker import CircuitBreaker
+from airflow_provider_servicetitan.shards import CREDENTIAL_GROUP
 from airflow_provider_servicetitan.storage import SyncStore
 
 __all__ = [
@@ -50,8 +51,9 @@ log = logging.getLogger(__name__)
 
 DAG_ID = "servicetitan_sync"
 CONNECTIONS_VARIABLE = "servicetitan_connections"
-CREDENTIAL_TASKS = ("credential.sync", "credential.recover")
-"""The per-credential tasks of the DAG (mapped, ``map_index_template`` = the connection id)."""
+CREDENTIAL_TASKS = ("sync", "recover")
+"""The per-credential tasks of the DAG, in the group of each shard (mapped, ``map_index_template`` = the
+connection id): ``credential.sync``, ``credential_2.sync``, ... (see :mod:`~airflow_provider_servicetitan.shards`)."""
 
 _lock = threading.Lock()
 _redis_clients: dict[str, redis.Redis] = {}
@@ -128,15 +130,16 @@ def latest_tasks(conn_ids: Sequence[str], base_url: str = "") -> dict[str, tuple
     credential and task), with links to its page in the UI and its log in the REST API."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from sqlalchemy import or_, select
 
     links: dict[str, tuple[TaskLink, ...]] = {}
     with create_session() as session:
         for conn_id in conn_ids:
             found = []
-            for task_id in CREDENTIAL_TASKS:
+            for task in CREDENTIAL_TASKS:
                 ti = session.execute(
                     select(
+                        TaskInstance.task_id,
                         TaskInstance.run_id,
                         TaskInstance.map_index,
                         TaskInstance.try_number,
@@ -145,7 +148,10 @@ def latest_tasks(conn_ids: Sequence[str], base_url: str = "") -> dict[str, tuple
                     )
                     .where(
                         TaskInstance.dag_id == DAG_ID,
-                        TaskInstance.task_id == task_id,
+                        or_(
+                            TaskInstance.task_id == f"{CREDENTIAL_GROUP}.{task}",
+                            TaskInstance.task_id.like(f"{CREDENTIAL_GROUP}\\_%.{task}", escape="\\"),
+                        ),
                         TaskInstance._rendered_map_index == conn_id,
                     )
                     .order_by(TaskInstance.start_date.desc().nulls_last())
@@ -153,7 +159,8 @@ def latest_tasks(conn_ids: Sequence[str], base_url: str = "") -> dict[str, tuple
                 ).one_or_none()
                 if ti is None:
                     continue
-                run, task = quote(ti.run_id, safe=""), quote(task_id, safe="")
+                task_id = ti.task_id
+                run, quoted_task = quote(ti.run_id, safe=""), quote(task_id, safe="")
                 try_number = max(int(ti.try_number or 0), 1)
                 found.append(
                     TaskLink(
@@ -163,9 +170,9 @@ def latest_tasks(conn_ids: Sequence[str], base_url: str = "") -> dict[str, tuple
                         try_number=try_number,
                         state=None if ti.state is None else str(ti.state),
                         start_date=ti.start_date,
-                        ui_url=f"{base_url}/dags/{DAG_ID}/runs/{run}/tasks/{task}/mapped/{ti.map_index}",
+                        ui_url=f"{base_url}/dags/{DAG_ID}/runs/{run}/tasks/{quoted_task}/mapped/{ti.map_index}",
                         log_api_url=(
-                            f"{base_url}/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/{task}/logs/{try_number}"
+                            f"{base_url}/api/v2/dags/{DAG_ID}/dagRuns/{run}/taskInstances/{quoted_task}/logs/{try_number}"
                             f"?map_index={ti.map_index}"
                         ),
                     )

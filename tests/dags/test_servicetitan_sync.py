@@ -92,20 +92,28 @@ def test_downstream_example_is_scheduled_on_the_sync_asset_alias():
     assert dag.timetable.asset_condition == AssetAlias(name="servicetitan")
 
 
+def load_dag_for(env, monkeypatch, **settings: str):
+    """The DAG as deployed on ``env`` (its warehouse, Redis, alerts), with more ``settings``; registered."""
+    dag = load_dag_module(
+        monkeypatch,
+        {
+            "SERVICETITAN_WAREHOUSE_CONN_ID": env.warehouse.conn_id,
+            "AIRFLOW__SERVICETITAN__REDIS_CONN_ID": env.redis_conn_id,
+            "AIRFLOW__SERVICETITAN__REDIS_NAMESPACE": env.redis_namespace,
+            "SERVICETITAN_TABLE_PREFIX": env.warehouse.table_prefix,
+            "SERVICETITAN_ALERT_WEBHOOK_CONN_ID": WEBHOOK_CONN_ID,
+            "SERVICETITAN_DEAD_LETTER_THRESHOLD": str(DEAD_LETTER_THRESHOLD),
+            **settings,
+        },
+    ).dag
+    register(dag)
+    return dag
+
+
 @pytest.fixture
 def dag_env(operator_env, webhook, monkeypatch):
     env = operator_env(tenants=2, records=60, export_page_size=30)
-    settings = {
-        "SERVICETITAN_WAREHOUSE_CONN_ID": env.warehouse.conn_id,
-        "AIRFLOW__SERVICETITAN__REDIS_CONN_ID": env.redis_conn_id,
-        "AIRFLOW__SERVICETITAN__REDIS_NAMESPACE": env.redis_namespace,
-        "SERVICETITAN_TABLE_PREFIX": env.warehouse.table_prefix,
-        "SERVICETITAN_ALERT_WEBHOOK_CONN_ID": WEBHOOK_CONN_ID,
-        "SERVICETITAN_DEAD_LETTER_THRESHOLD": str(DEAD_LETTER_THRESHOLD),
-    }
-    dag = load_dag_module(monkeypatch, settings).dag
-    register(dag)
-    return env, dag
+    return env, load_dag_for(env, monkeypatch)
 
 
 def task_states(dag_run) -> dict[tuple[str, int], str]:
