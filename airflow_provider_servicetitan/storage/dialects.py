@@ -97,16 +97,22 @@ def upsert_statement(
     update: Callable[[Excluded], Mapping[str, Any]],
     where: Callable[[Excluded], ColumnElement[bool]] | None = None,
     index_where: ColumnElement[bool] | None = None,
+    returning: bool = True,
 ) -> Insert:
-    """The statement :func:`upsert` runs, to build once and reuse for a hot path (see there)."""
+    """The statement :func:`upsert` runs, to build once and reuse for a hot path (see there).
+
+    :param returning: ``False`` leaves out the ``RETURNING`` that only SQLAlchemy's batching needs,
+        for a statement run through the DBAPI driver itself (:mod:`.fast_upsert`).
+    """
     statement = postgresql.insert(table) if dialect_name == "postgresql" else sqlite.insert(table)
     excluded = statement.excluded
-    return statement.on_conflict_do_update(
+    statement = statement.on_conflict_do_update(
         index_elements=[table.c[name] for name in conflict],
         index_where=index_where,
         set_=dict(update(excluded)),
         where=where(excluded) if where is not None else None,
-    ).returning(table.c[conflict[0]])
+    )
+    return statement.returning(table.c[conflict[0]]) if returning else statement
 
 
 def execute_upsert(connection: Connection, statement: Insert, rows: Sequence[Mapping[str, Any]]) -> None:

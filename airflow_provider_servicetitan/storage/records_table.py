@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Insert, Table, case, func, select
 
 from airflow_provider_servicetitan.storage.base import StoreBase, select_fields
 from airflow_provider_servicetitan.storage.dialects import Excluded, execute_upsert, upsert, upsert_statement
+from airflow_provider_servicetitan.storage.fast_upsert import driver_upsert
 from airflow_provider_servicetitan.storage.models import Checkpoint, StoredRecord
 from airflow_provider_servicetitan.storage.records import ValidRecord
 
@@ -76,12 +77,18 @@ def upsert_records(
         }
         for record in newest.values()
     ]
-    if rows:
+    if not rows:
+        return
+    # sqlite3 and psycopg2 run it through the driver itself, in the same transaction (see fast_upsert).
+    fast = driver_upsert(conn.dialect)
+    if fast is None:
         execute_upsert(conn, _records_upsert(conn.dialect.name, table), rows)
+    else:
+        fast(conn, _records_upsert(conn.dialect.name, table, returning=False), rows)
 
 
 @functools.cache
-def _records_upsert(dialect_name: str, table: Table) -> Insert:
+def _records_upsert(dialect_name: str, table: Table, *, returning: bool = True) -> Insert:
     """The upsert of a records table, built once per table and dialect: a page is stored many times
     a second, and building it (the ``excluded`` alias of every column) costs as much as 100 rows."""
     return upsert_statement(
@@ -90,6 +97,7 @@ def _records_upsert(dialect_name: str, table: Table) -> Insert:
         conflict=("tenant_id", "id"),
         update=lambda new: {name: new[name] for name in _RECORD_FIELDS},
         where=lambda new: new.modified_on >= table.c.modified_on,
+        returning=returning,
     )
 
 
