@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test chaos lint typecheck check demo airflow bench
+.PHONY: install test chaos scale lint typecheck check demo airflow bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ CHAOS ?= chaos
 chaos: install
 	scripts/test-services
 	$(BIN)/pytest -m "$(CHAOS)" tests/chaos
+
+# One run of servicetitan_sync over SCALE_TENANTS credentials on CeleryExecutor (two workers, four slots each),
+# one tenant in outage, one rejected secret; prints and writes (SCALE_REPORT) throughput, overhead per task,
+# Redis commands per credential and worker memory (tests/scale). Celery's broker: Redis database 4.
+SCALE_TENANTS ?= 200
+SCALE_MAX_MAP_LENGTH ?= 100
+SCALE_REPORT ?= .scale/report.json
+scale: install
+	scripts/test-services
+	SERVICETITAN_SCALE_TENANTS=$(SCALE_TENANTS) SERVICETITAN_SCALE_MAX_MAP_LENGTH=$(SCALE_MAX_MAP_LENGTH) \
+		SERVICETITAN_SCALE_REPORT=$(SCALE_REPORT) $(BIN)/pytest -m scale tests/scale
 
 # Benchmarks, ours beside a peer in the same run, as one table of ratios (benchmarks/run.py). Fails only
 # when synced data differs from the sandbox's truth, never on a timing. BENCH_ARGS="--quick", "--only sync",

@@ -11,6 +11,7 @@ from airflow_provider_servicetitan import metrics
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.hooks.settings import FROM_CONFIG, FromConfig
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
+from airflow_provider_servicetitan.operators.crash import die_on_native_crash
 from airflow_provider_servicetitan.sync.recovery import recover_dead_letters
 
 
@@ -59,6 +60,7 @@ class ServiceTitanRecoveryOperator(BaseOperator):
         self.max_attempts = max_attempts
 
     def execute(self, context: Context) -> dict[str, object]:
+        die_on_native_crash()
         hook = ServiceTitanHook(self.servicetitan_conn_id, self.redis_conn_id, namespace=self.redis_namespace)
         # Leaving the hook closes the client it built (its HTTP sessions).
         with hook, open_store(self.warehouse_conn_id, table_prefix=self.table_prefix) as store:

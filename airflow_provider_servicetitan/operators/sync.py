@@ -40,6 +40,7 @@ from airflow_provider_servicetitan.hooks import settings
 from airflow_provider_servicetitan.hooks.servicetitan import ServiceTitanHook
 from airflow_provider_servicetitan.hooks.warehouse import DEFAULT_WAREHOUSE_CONN_ID, open_store
 from airflow_provider_servicetitan.notifications.notifier import ServiceTitanAlertNotifier
+from airflow_provider_servicetitan.operators.crash import die_on_native_crash
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
 from airflow_provider_servicetitan.resilience.checks import require_positive_int
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
@@ -195,6 +196,7 @@ class ServiceTitanSyncOperator(BaseOperator):
         return self._sync(context, resumed=True, deferred_since=deferred_since)
 
     def _sync(self, context: Context, *, resumed: bool, deferred_since: float | None) -> dict[str, dict[str, object]]:
+        die_on_native_crash()  # resources sync in threads: a driver's crash must fail the try, not hang it
         self._check_resources()
         reexports = self._reexports()
         credential = self.servicetitan_conn_id

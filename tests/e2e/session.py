@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +102,10 @@ class E2ESession:
         return self.sandbox.credentials[index].tenant_id
 
     def audit(self, index: int) -> Audit:
-        """The warehouse held against the sandbox truth for credential ``index`` (every exportable resource)."""
+        """The warehouse held against the sandbox truth for credential ``index`` (every exportable resource);
+        before any run created the warehouse's tables, it holds nothing."""
         with closing(SyncStore(self.warehouse_url, table_prefix=self.table_prefix)) as store:
+            store.create_tables()
             return audit(self.sandbox, store, [self.tenant(index)], EXPORTABLE_RESOURCES, [self.credentials[index]])
 
     def matches_truth(self, index: int) -> bool:
@@ -121,19 +123,30 @@ def is_exact(result: Audit) -> bool:
 
 
 @contextmanager
-def e2e_session(report: Callable[[str], None]) -> Iterator[E2ESession]:
-    """Start everything, yield the session, stop everything (``report`` gets the phase timings)."""
+def e2e_session(
+    report: Callable[[str], None],
+    *,
+    sandbox_config: SandboxConfig | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    redis_url: str = REDIS_URL,
+) -> Iterator[E2ESession]:
+    """Start everything, yield the session, stop everything (``report`` gets the phase timings).
+
+    :param sandbox_config: the sandbox's settings (default: a few tenants, fast limits).
+    :param extra_env: more environment for every Airflow service, over the session's (e.g. another executor).
+    :param redis_url: the Redis of the provider's shared state (the ``redis_default`` connection).
+    """
     timer = PhaseTimer(report)
     token = uuid.uuid4().hex[:10]
     namespace, table_prefix = f"st_e2e_{token}", f"st_e2e_{token}"
     with ExitStack() as stack:
         home = Path(tempfile.mkdtemp(prefix="st-e2e-home-"))
         stack.callback(_remove_home, home, report)
-        stack.callback(_delete_redis_keys, namespace)
+        stack.callback(_delete_redis_keys, namespace, redis_url)
         with timer.phase("databases and sandbox"):
             metadata_url = stack.enter_context(scratch_database("st_e2e"))
             warehouse_url = stack.enter_context(scratch_database("st_e2e_wh"))
-            sandbox = stack.enter_context(SandboxServer(_sandbox_config()))
+            sandbox = stack.enter_context(SandboxServer(sandbox_config or _sandbox_config()))
             alerts = stack.enter_context(WebhookReceiver())
         services = AirflowServices(
             home,
@@ -146,6 +159,7 @@ def e2e_session(report: Callable[[str], None]) -> Iterator[E2ESession]:
                 # Runs come from the tests; the schedule (yearly) never fires during a session.
                 "SERVICETITAN_SYNC_SCHEDULE": "0 0 1 1 *",
                 "SERVICETITAN_ALERT_WEBHOOK_CONN_ID": ALERTS_CONN_ID,
+                **(extra_env or {}),
             },
         )
         for dag_file in sorted(DAGS_SOURCE.glob("*.py")):
@@ -161,7 +175,7 @@ def e2e_session(report: Callable[[str], None]) -> Iterator[E2ESession]:
         stack.callback(rest.close)
         session = E2ESession(services, rest, sandbox, [], warehouse_url, table_prefix, namespace, timer, alerts)
         with timer.phase("connections and variable"):
-            session.credentials.extend(_create_connections(rest, sandbox, warehouse_url))
+            session.credentials.extend(_create_connections(rest, sandbox, warehouse_url, redis_url))
             rest.create_connection(ALERTS_CONN_ID, "http", host="127.0.0.1", port=alerts.port)
         yield session
 
@@ -171,7 +185,7 @@ def _sandbox_config() -> SandboxConfig:
     return SandboxConfig(tenants=SANDBOX_TENANTS, records=120, seed=7, recent_changes_delay=0, rate_limit=1000)
 
 
-def _create_connections(rest: AirflowRest, sandbox: SandboxServer, warehouse_url: str) -> list[str]:
+def _create_connections(rest: AirflowRest, sandbox: SandboxServer, warehouse_url: str, redis_url: str) -> list[str]:
     """The connections and the Variable a user of the DAG defines, through the REST API."""
     credentials = []
     for index in range(len(sandbox.credentials)):
@@ -182,13 +196,13 @@ def _create_connections(rest: AirflowRest, sandbox: SandboxServer, warehouse_url
     rest.create_connection(
         WAREHOUSE_CONN_ID, "postgres", host="127.0.0.1", port=5432, login="postgres", schema=database
     )
-    redis_url = httpx.URL(REDIS_URL)
+    redis_parts = httpx.URL(redis_url)
     rest.create_connection(
         REDIS_CONN_ID,
         "redis",
-        host=redis_url.host,
-        port=redis_url.port or 6379,
-        extra={"db": int(redis_url.path.strip("/") or 0)},
+        host=redis_parts.host,
+        port=redis_parts.port or 6379,
+        extra={"db": int(redis_parts.path.strip("/") or 0)},
     )
     rest.set_variable(CONNECTIONS_VARIABLE, credentials[:2])
     return credentials
@@ -227,9 +241,9 @@ def _wait_until_healthy(services: AirflowServices) -> None:
             time.sleep(_POLL)
 
 
-def _delete_redis_keys(namespace: str) -> None:
+def _delete_redis_keys(namespace: str, redis_url: str) -> None:
     """Delete the session's keys only (never FLUSHDB: others share the database)."""
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
         if keys:

@@ -1,0 +1,1 @@
+"""The CeleryExecutor scale test (issue 15): ``make scale``, marker ``scale``."""
