@@ -170,11 +170,18 @@ def scale_figures(settings: ScaleSettings, observed: Observed, credentials: list
             "by_command_per_credential_run": {
                 name: round(calls / settings.tenants, 2) for name, calls in redis_used.calls.most_common()
             },
+            # What stays in Redis after the run (tokens, breakers, limiters, alert windows: all with a TTL).
+            "keys_per_credential": round(observed.redis_held.keys / settings.tenants, 2),
+            "bytes_per_credential": round(observed.redis_held.used_memory / settings.tenants),
         },
         "metadata_rows_added": {
             "total": rows.total(),
             "per_credential": round(rows.total() / settings.tenants, 1),
             "by_table": dict(rows.most_common()),
+        },
+        # CPU seconds per credential-run of each Airflow process tree (workers with their task processes).
+        "cpu_seconds_per_credential": {
+            name: round(seconds / settings.tenants, 3) for name, seconds in sorted(observed.cpu.items())
         },
         "worker_peak_rss_mib": {name: mib(peak) for name, peak in observed.peak_rss.items()},
         "worker_peak_pss_mib": {name: mib(peak) for name, peak in observed.peak_pss.items()},

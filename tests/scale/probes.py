@@ -35,6 +35,29 @@ def tree_memory(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process and all its descendants used so far: each living member's own,
+    plus those of its children that ended and were reaped (task processes, once done, count in their parent)."""
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    seconds = 0.0
+    for member in members:
+        try:
+            times = member.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        seconds += times.user + times.system + times.children_user + times.children_system
+    return seconds
+
+
+def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """:func:`tree_cpu_seconds` of each named process now."""
+    return {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+
+
 @dataclass
 class MemorySampler:
     """Samples :func:`tree_memory` of each named process every half second in a thread; keeps the peaks."""
@@ -91,6 +114,28 @@ class CommandStats:
         """The commands between ``before`` and this reading (the two INFO calls of a reading included)."""
         calls = Counter({name: n - before.calls.get(name, 0) for name, n in self.calls.items()})
         return CommandStats(+calls, self.total - before.total)
+
+
+@dataclass(frozen=True)
+class RedisFootprint:
+    """Keys (every database) and ``used_memory`` bytes of one Redis, at one moment."""
+
+    keys: int
+    used_memory: int
+
+    @classmethod
+    def read(cls, url: str) -> RedisFootprint:
+        client = redis.Redis.from_url(url)
+        try:
+            keyspace = client.info("keyspace")
+            used_memory = int(client.info("memory")["used_memory"])
+        finally:
+            client.close()
+        return cls(sum(int(db["keys"]) for db in keyspace.values()), used_memory)
+
+    def since(self, before: RedisFootprint) -> RedisFootprint:
+        """What was added between ``before`` and this reading."""
+        return RedisFootprint(self.keys - before.keys, self.used_memory - before.used_memory)
 
 
 def table_rows(url: str) -> Counter[str]:

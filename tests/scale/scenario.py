@@ -18,7 +18,7 @@ from tests.e2e.session import DAG_FILE, DAG_ID, SERVICETITAN_CONN_TYPE
 from tests.e2e.test_run_semantics import QUICK_RETRIES
 from tests.scale.conftest import ScaleCluster
 from tests.scale.figures import sync_spans
-from tests.scale.probes import CommandStats, MemorySampler, table_rows
+from tests.scale.probes import CommandStats, MemorySampler, RedisFootprint, cpu_seconds, table_rows
 from tests.scale.settings import ScaleSettings
 
 WRONG_SECRET = "cs1.not-the-secret"
@@ -58,6 +58,8 @@ class Observed:
     renewals: Counter[tuple[str, ...]]
     tasks_per_worker: dict[str, int]
     redis_used: CommandStats
+    redis_held: RedisFootprint
+    cpu: dict[str, float]
     rows_added: Counter[str]
     peak_rss: dict[str, int]
     peak_pss: dict[str, int]
@@ -124,6 +126,9 @@ def run_with_incidents(cluster: ScaleCluster) -> Observed:
     metadata_url = session.services.metadata_url
     rows_before = table_rows(metadata_url)
     redis_before = CommandStats.read(cluster.redis_url)
+    footprint_before = RedisFootprint.read(cluster.redis_url)
+    processes = {**cluster.workers.pids(), **{name: p.process.pid for name, p in session.services.processes.items()}}
+    cpu_before = cpu_seconds(processes)
     with MemorySampler(cluster.workers.pids()) as memory:
         started = time.monotonic()
         run_id = rest.trigger(DAG_ID, {"connections": credentials})
@@ -142,6 +147,8 @@ def run_with_incidents(cluster: ScaleCluster) -> Observed:
         state = rest.wait_for_run(DAG_ID, run_id, timeout=settings.timeout())
         wall = time.monotonic() - started
     redis_used = CommandStats.read(cluster.redis_url).since(redis_before)
+    redis_held = RedisFootprint.read(cluster.redis_url).since(footprint_before)
+    cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in cpu_seconds(processes).items()}
     rows_added = +(table_rows(metadata_url) - rows_before)
     with closing(SyncStore(session.warehouse_url, table_prefix=session.table_prefix)) as store:
         spans = sync_spans(store, run_id)
@@ -156,6 +163,8 @@ def run_with_incidents(cluster: ScaleCluster) -> Observed:
         renewals=cluster.statsd.counts(TOKEN_RENEWALS, "credential"),
         tasks_per_worker=cluster.workers.tasks_run(),
         redis_used=redis_used,
+        redis_held=redis_held,
+        cpu=cpu,
         rows_added=rows_added,
         peak_rss=dict(memory.peak_rss),
         peak_pss=dict(memory.peak_pss),
