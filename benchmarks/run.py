@@ -160,16 +160,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     absent: list[str] = []
     durations: dict[str, float] = {}
     started = time.perf_counter()
+    # Every group is imported before anything is measured: a missing peer fails now, not after minutes.
+    modules = {}
     for group in groups:
         name = MODULES[group]
         try:
-            module = importlib.import_module(name)
+            modules[group] = importlib.import_module(name)
         except ModuleNotFoundError as missing:
             if group in OPTIONAL and missing.name == name:
                 absent.append(group)
                 print(f"[{group}] {name} is not there yet: no {group} rows in this run", flush=True)
                 continue
-            raise
+            raise SystemExit(
+                f"[{group}] needs {missing.name!r}, which is not installed: pip install -e '.[bench]' (make bench does)"
+            ) from None
+    for group, module in modules.items():
         print(f"[{group}] measuring ...", flush=True)
         group_started = time.perf_counter()
         try:

@@ -189,12 +189,12 @@ with DAG(
     # One mapped group per shard; a single shard maps straight over the run's list.
     groups = [group_id(number) for number in range(1, CREDENTIAL_SHARDS + 1)]
     chains = [
-        sync_then_recover.override(group_id=group_id(number)).expand(
+        sync_then_recover.override(group_id=group).expand(
             servicetitan_conn_id=credentials
             if CREDENTIAL_SHARDS == 1
             else shard.override(task_id=f"shard_{number}")(credentials, number)
         )
-        for number in range(1, CREDENTIAL_SHARDS + 1)
+        for number, group in enumerate(groups, 1)
     ]
 
     report = ServiceTitanReportOperator(
