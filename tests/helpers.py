@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import redis
 from airflow.dag_processing.bundles.manager import DagBundlesManager
 from airflow.dag_processing.collection import update_dag_parsing_results_in_db
 from airflow.sdk import DAG
@@ -98,3 +99,15 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
+
+
+def delete_redis_keys(url: str, pattern: str) -> int:
+    """Delete the keys matching ``pattern`` (never FLUSHDB: others share the database); how many there were."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
+    finally:
+        client.close()

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 
 from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES
 from airflow_provider_servicetitan.sandbox import SandboxConfig, SandboxServer
@@ -26,7 +25,7 @@ from airflow_provider_servicetitan.storage.store import SyncStore
 from tests.chaos.audit import Audit, audit
 from tests.e2e.rest import AirflowRest
 from tests.e2e.services import ADMIN_USER, AirflowServices, PhaseTimer, scratch_database
-from tests.helpers import sandbox_extra
+from tests.helpers import delete_redis_keys, sandbox_extra
 from tests.notifications.servers import WebhookReceiver
 
 DAG_ID = "servicetitan_sync"
@@ -242,14 +241,8 @@ def _wait_until_healthy(services: AirflowServices) -> None:
 
 
 def _delete_redis_keys(namespace: str, redis_url: str) -> None:
-    """Delete the session's keys only (never FLUSHDB: others share the database)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    """Delete the session's keys only."""
+    delete_redis_keys(redis_url, f"*{namespace}*")
 
 
 def _remove_home(home: Path, report: Callable[[str], None]) -> None:

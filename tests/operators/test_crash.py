@@ -37,9 +37,7 @@ CHILD = textwrap.dedent(
 
 
 def test_a_segfault_in_a_thread_kills_the_process_with_every_stack():
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120, check=False
-    )
+    child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120, check=False)
 
     assert child.returncode == -signal.SIGSEGV, (child.returncode, child.stderr[-2000:])
     assert "survived" not in child.stdout

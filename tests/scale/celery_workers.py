@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from celery import Celery
 
 from tests.e2e.processes import ServiceProcess
 from tests.e2e.services import AIRFLOW, AirflowServices, free_port
+from tests.helpers import delete_redis_keys
 
 _READY_TIMEOUT = 180.0
 _INSPECT_TIMEOUT = 2.0
@@ -46,14 +46,7 @@ def celery_app(broker_url: str, key_prefix: str) -> Celery:
 
 def delete_broker_keys(broker_url: str, key_prefix: str) -> int:
     """Delete the broker keys of this key prefix (never FLUSHDB); returns how many there were."""
-    client = redis.Redis.from_url(broker_url)
-    try:
-        keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        return len(keys)
-    finally:
-        client.close()
+    return delete_redis_keys(broker_url, f"{key_prefix}*")
 
 
 @dataclass

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import psutil
 import redis
@@ -92,6 +93,15 @@ class MemorySampler:
             self._thread.join(10)
 
 
+def redis_info(url: str, *sections: str) -> list[dict[str, Any]]:
+    """``INFO <section>`` of one Redis, for each of ``sections``, over one connection."""
+    client = redis.Redis.from_url(url)
+    try:
+        return [client.info(section) for section in sections]
+    finally:
+        client.close()
+
+
 @dataclass(frozen=True)
 class CommandStats:
     """``INFO commandstats`` calls by command and ``total_commands_processed`` of one Redis, at one moment."""
@@ -101,14 +111,9 @@ class CommandStats:
 
     @classmethod
     def read(cls, url: str) -> CommandStats:
-        client = redis.Redis.from_url(url)
-        try:
-            stats = client.info("commandstats")
-            total = int(client.info("stats")["total_commands_processed"])
-        finally:
-            client.close()
+        stats, totals = redis_info(url, "commandstats", "stats")
         calls = Counter({name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()})
-        return cls(calls, total)
+        return cls(calls, int(totals["total_commands_processed"]))
 
     def since(self, before: CommandStats) -> CommandStats:
         """The commands between ``before`` and this reading (the two INFO calls of a reading included)."""
@@ -125,13 +130,8 @@ class RedisFootprint:
 
     @classmethod
     def read(cls, url: str) -> RedisFootprint:
-        client = redis.Redis.from_url(url)
-        try:
-            keyspace = client.info("keyspace")
-            used_memory = int(client.info("memory")["used_memory"])
-        finally:
-            client.close()
-        return cls(sum(int(db["keys"]) for db in keyspace.values()), used_memory)
+        keyspace, memory = redis_info(url, "keyspace", "memory")
+        return cls(sum(int(db["keys"]) for db in keyspace.values()), int(memory["used_memory"]))
 
     def since(self, before: RedisFootprint) -> RedisFootprint:
         """What was added between ``before`` and this reading."""
