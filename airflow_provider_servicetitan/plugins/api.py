@@ -169,8 +169,7 @@ def create_app() -> FastAPI:
 
     @app.get("/api/credentials/{conn_id}", dependencies=[can_read], summary="One credential's health")
     def get_credential(conn_id: str, request: Request, user: user_dep) -> dict[str, Any]:  # type: ignore[valid-type]
-        rows = _rows(request, _targets(conn_id))
-        return {**_summary(rows), "can_edit": _can_edit(user), "credential": to_json(rows[0])}
+        return {**_one(request, conn_id), "can_edit": _can_edit(user)}
 
     @app.post(
         "/api/credentials/{conn_id}/breaker/reset",

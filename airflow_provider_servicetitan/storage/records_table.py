@@ -79,12 +79,11 @@ def upsert_records(
     ]
     if not rows:
         return
-    # sqlite3 and psycopg2 run it through the driver itself, in the same transaction (see fast_upsert).
+    # sqlite3 and psycopg2 run it through the driver itself, in the same transaction (see fast_upsert);
+    # only SQLAlchemy's batching needs the RETURNING.
     fast = driver_upsert(conn.dialect)
-    if fast is None:
-        execute_upsert(conn, _records_upsert(conn.dialect.name, table), rows)
-    else:
-        fast(conn, _records_upsert(conn.dialect.name, table, returning=False), rows)
+    run = execute_upsert if fast is None else fast
+    run(conn, _records_upsert(conn.dialect.name, table, returning=fast is None), rows)
 
 
 @functools.cache
