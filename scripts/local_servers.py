@@ -192,7 +192,7 @@ def ensure_redis(url: str, state_dir: Path, *, system: bool = True) -> LocalServ
     _run([str(binary), *(part for name, value in settings.items() for part in (f"--{name}", value))], "redis")
 
     def started_pid() -> int | None:
-        return _read_pid(pidfile) if _redis_answers(target) else None
+        return _read_pid(pidfile) if _redis_answers(target, starting=True) else None
 
     pid = _poll(started_pid, lambda: f"redis: {how} did not answer at {target.address}; log: {_tail(log)}")
     server = LocalServer(url, True, how, pid, binary.name, signal.SIGTERM, state_dir.resolve() / "redis.json")
@@ -219,12 +219,14 @@ def redis_binary(*, system: bool = True) -> tuple[Path, str]:
     )
 
 
-def _redis_answers(target: _Target) -> bool:
+def _redis_answers(target: _Target, *, starting: bool = False) -> bool:
+    """Whether Redis answers PING at ``target``. A server ``starting`` may listen before it answers (it
+    replies LOADING, or is too slow on a loaded machine): that is "not yet", not a foreign server."""
     client = redis.Redis.from_url(target.url, socket_connect_timeout=1, socket_timeout=2)
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError):
-        if target.listening():
+        if not starting and target.listening():
             raise ServerUnavailable(f"redis: something listens at {target.address} but does not answer PING") from None
         return False
     except redis.RedisError as exc:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -183,6 +184,37 @@ def test_something_else_on_the_port_is_an_error(state_dir: Path, postgres_engine
 
     assert list(state_dir.iterdir()) == []
 
+
+
+@pytest.fixture
+def loading_redis() -> Iterator[str]:
+    """A listener that answers every command as a Redis still loading its data does (``-LOADING``)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                while connection.recv(4096):
+                    connection.sendall(b"-LOADING Redis is loading the dataset in memory\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() so the thread ends
+    listener.close()
+    thread.join(timeout=5)
+
+
+def test_a_redis_that_listens_while_starting_is_not_yet_up(loading_redis: str) -> None:
+    target = local_servers._Target.parse(loading_redis, default_port=6379)
+
+    assert local_servers._redis_answers(target, starting=True) is False
+    with pytest.raises(local_servers.ServerUnavailable, match=r"something listens at .* but does not answer PING"):
+        local_servers._redis_answers(target)
 
 @pytest.mark.parametrize(
     ("ensure", "scheme", "packages"),
