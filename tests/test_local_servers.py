@@ -185,7 +185,6 @@ def test_something_else_on_the_port_is_an_error(state_dir: Path, postgres_engine
     assert list(state_dir.iterdir()) == []
 
 
-
 @pytest.fixture
 def loading_redis() -> Iterator[str]:
     """A listener that answers every command as a Redis still loading its data does (``-LOADING``)."""
@@ -215,6 +214,7 @@ def test_a_redis_that_listens_while_starting_is_not_yet_up(loading_redis: str) -
     assert local_servers._redis_answers(target, starting=True) is False
     with pytest.raises(local_servers.ServerUnavailable, match=r"something listens at .* but does not answer PING"):
         local_servers._redis_answers(target)
+
 
 @pytest.mark.parametrize(
     ("ensure", "scheme", "packages"),
