@@ -33,6 +33,7 @@ from airflow_provider_servicetitan.client.credentials import ServiceTitanCredent
 from airflow_provider_servicetitan.resilience.breaker import BreakerConfig, CircuitBreaker
 from airflow_provider_servicetitan.resilience.retry import RetryPolicy
 from airflow_provider_servicetitan.sandbox.admin import SandboxAdmin
+from airflow_provider_servicetitan.storage.dialects import POSTGRES_DRIVERNAME
 from airflow_provider_servicetitan.storage.store import SyncStore
 
 SANDBOX_CLI = Path(sys.executable).with_name("servicetitan-sandbox")
@@ -261,14 +262,18 @@ def redis_namespace(url: str, prefix: str) -> Iterator[tuple[redis.Redis, str]]:
 
 @contextmanager
 def postgres_database(url: str, prefix: str) -> Iterator[str]:
-    """A fresh PostgreSQL database on the server of ``url``; its URL. Dropped afterwards."""
+    """A fresh PostgreSQL database on the server of ``url``; its URL, with the driver the warehouse
+    connection uses when ``url`` names none (``postgresql://``). Dropped afterwards."""
     name = f"stbench_{prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         try:
-            yield make_url(url).set(database=name).render_as_string(hide_password=False)
+            fresh = make_url(url).set(database=name)
+            if fresh.drivername == "postgresql":
+                fresh = fresh.set(drivername=POSTGRES_DRIVERNAME)
+            yield fresh.render_as_string(hide_password=False)
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

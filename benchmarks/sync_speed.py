@@ -12,7 +12,7 @@ records, its rate limit far above the load. At 50 ms and 0 ms of latency per req
 Then one credential, the 7 export resources, 50 ms latency and the sandbox's default rate limit
 (60/s): API requests/s achieved by ``sync_credential`` against the ceiling ``min(60, c / latency)``
 for ``c`` concurrent requests, and the share of requests the sandbox answered 429. ``max_concurrency``
-is passed when ``sync_credential`` has it (1 and 4 then); without it the sync is sequential (c = 1).
+is passed when ``sync_credential`` has it (1, 4 and its default then); without it the sync is sequential (c = 1).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import requests
 from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES, get_resource
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.storage.store import SyncStore
-from airflow_provider_servicetitan.sync.credential import sync_credential
+from airflow_provider_servicetitan.sync.credential import DEFAULT_MAX_CONCURRENCY, sync_credential
 from airflow_provider_servicetitan.sync.engine import sync_resource
 from benchmarks._sandbox import (
     Factory,
@@ -156,9 +156,10 @@ def _speed_rows(sandbox: SandboxProcess, options: BenchOptions, records: int) ->
 
 
 def _concurrency_levels() -> list[int | None]:
-    """``None``: ``sync_credential`` has no ``max_concurrency`` (sequential, c = 1)."""
+    """``None``: ``sync_credential`` has no ``max_concurrency`` (sequential, c = 1). Else 1, 4 and the
+    default (every export resource at once)."""
     if "max_concurrency" in inspect.signature(sync_credential).parameters:
-        return [1, 4]
+        return sorted({1, 4, DEFAULT_MAX_CONCURRENCY})
     return [None]
 
 
@@ -201,7 +202,8 @@ def _credential_rows(sandbox: SandboxProcess, options: BenchOptions, records: in
                 "requests/s",
                 ok=ok,
                 note=f"1 run, {records} records/resource, page {CREDENTIAL_PAGE_SIZE}, "
-                f"{api_requests} requests in {seconds:.1f} s; {detail}; " + stack(),
+                f"{api_requests} requests in {seconds:.1f} s (the rate limiter's initial burst, half the rate, "
+                f"lets so short a sync above the per-second ceiling); {detail}; " + stack(),
             )
         )
         rows.append(

@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from sqlalchemy.engine import URL
 
 from airflow_provider_servicetitan.errors import CredentialValidationError
+from airflow_provider_servicetitan.storage.dialects import POSTGRES_DRIVERNAME
 from airflow_provider_servicetitan.storage.store import SyncStore
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def warehouse_url(conn_id: str = DEFAULT_WAREHOUSE_CONN_ID) -> str | URL:
         return f"sqlite:///{conn.host}"
     if conn.conn_type in ("postgres", "postgresql"):
         return URL.create(
-            "postgresql+psycopg2",
+            POSTGRES_DRIVERNAME,
             username=conn.login or None,
             password=conn.password or None,
             host=conn.host or None,

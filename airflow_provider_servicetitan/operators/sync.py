@@ -112,7 +112,7 @@ class ServiceTitanSyncOperator(BaseOperator):
     :param asset_alias: the asset alias the synced resources are announced through (``None``: no
         asset events).
     :param max_concurrency: how many of the credential's resources sync at the same time, each in
-        a thread of this task, all paced by the tenant's shared rate limiter (default 4).
+        a thread of this task, all paced by the tenant's shared rate limiter (default: every export resource, 7).
 
     Returns (XCom) the run's sync-log rows of this credential, with the counters of ``sync_log``:
     ``{resource: {status, message, pages, records_processed, records_successful, ...}}``. Before

@@ -14,6 +14,10 @@ from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+#: The PostgreSQL driver the warehouse connection uses: psycopg2, whose upserts run through the driver
+#: itself (:mod:`.fast_upsert`). A bare ``postgresql://`` URL means psycopg 3 since SQLAlchemy 2.1,
+#: which works through SQLAlchemy's slower batching.
+POSTGRES_DRIVERNAME = "postgresql+psycopg2"
 
 Excluded = ReadOnlyColumnCollection[str, KeyedColumnElement[Any]]
 """The ``excluded`` row of an ``ON CONFLICT ... DO UPDATE``: the values that were to be inserted."""

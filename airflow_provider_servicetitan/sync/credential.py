@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Literal, Protocol
 
+from airflow_provider_servicetitan.catalog import EXPORTABLE_RESOURCES
 from airflow_provider_servicetitan.client.client import ServiceTitanClient
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
 from airflow_provider_servicetitan.errors import (
@@ -64,9 +65,10 @@ OutcomeKind = Literal["skipped_known_bad", "needs_attention", "degraded", "ok"]
 # Kinds of incident (alert kinds) a clean sync ends. Too many dead letters ends only when the
 # report counts fewer.
 RESOLVED_BY_A_CLEAN_SYNC: tuple[str, ...] = ("needs_attention", "retries_exhausted", "circuit_opened")
-#: Resources of one credential that sync at the same time, by default: enough to keep the tenant's
-#: rate limit (60 requests/s) busy at ~65 ms per request; the rate limiter paces them.
-DEFAULT_MAX_CONCURRENCY = 4
+#: Resources of one credential that sync at the same time, by default: every export resource, so the
+#: slowest one, not a queue of them, sets how long a credential takes. The tenant's shared rate limiter
+#: paces them all: more at once never means more 429s, only the limit used fully.
+DEFAULT_MAX_CONCURRENCY = len(EXPORTABLE_RESOURCES)
 # Resource statuses that leave the credential degraded (a ``partial`` one parked records: still ok).
 _DEGRADING = ("failed", "skipped")
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextvars
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_servicetitan.sync.prefetch import prefetched
+from airflow_provider_servicetitan.sync.prefetch import PREFETCH_SWITCH_INTERVAL, prefetched
 
 _CURRENT = contextvars.ContextVar("current", default="unset")
 
@@ -103,3 +104,52 @@ def test_a_consumer_that_stops_early_stops_the_fetching_and_closes_the_pages_in_
     assert pages.closed_in == "fetch-stop"
     assert len(pages.fetched) <= 4
     assert not any(thread.name == "fetch-stop" for thread in threading.enumerate())
+
+
+@pytest.fixture
+def switch_interval() -> Iterator[float]:
+    """The process's switch interval before the test, restored after it whatever happened."""
+    before = sys.getswitchinterval()
+    yield before
+    sys.setswitchinterval(before)
+
+
+def test_the_switch_interval_is_short_while_any_prefetch_runs_and_restored_after_the_last(
+    switch_interval: float,
+) -> None:
+    sys.setswitchinterval(0.005)
+    first, second = Pages(3), Pages(3)
+
+    with prefetched(iter(first), name="fetch-first") as one:
+        assert sys.getswitchinterval() == pytest.approx(PREFETCH_SWITCH_INTERVAL)
+        with prefetched(iter(second), name="fetch-second") as two:
+            assert list(two) == [0, 1, 2]
+        # The second one ended, the first still runs: still short.
+        assert sys.getswitchinterval() == pytest.approx(PREFETCH_SWITCH_INTERVAL)
+        assert list(one) == [0, 1, 2]
+
+    assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+def test_a_shorter_switch_interval_set_by_the_process_is_kept(switch_interval: float) -> None:
+    sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL / 2)
+
+    with prefetched(iter(Pages(2)), name="fetch-shorter") as ahead:
+        assert sys.getswitchinterval() == pytest.approx(PREFETCH_SWITCH_INTERVAL / 2)
+        assert list(ahead) == [0, 1]
+
+    assert sys.getswitchinterval() == pytest.approx(PREFETCH_SWITCH_INTERVAL / 2)
+
+
+def test_the_switch_interval_is_restored_when_the_consumer_fails(switch_interval: float) -> None:
+    sys.setswitchinterval(0.005)
+
+    def fail_on_the_first_page() -> None:
+        with prefetched(iter(Pages(5)), name="fetch-fails") as ahead:
+            next(ahead)
+            raise RuntimeError("commit failed")
+
+    with pytest.raises(RuntimeError, match="commit failed"):
+        fail_on_the_first_page()
+
+    assert sys.getswitchinterval() == pytest.approx(0.005)
