@@ -8,7 +8,8 @@ pause is shortened here, its length is not what is measured). Wall time includes
 After the last attempt the stored ids of every resource must equal the sandbox's truth, else the
 row is not ok.
 
-Profiles: ``flaky``, ``ratelimited`` and ``chaos`` against ``none``. In ``chaos``,
+Each of those rows is the sync of median wall time of ``--repeats`` (fault seeds 1, 2, ...), as is its
+``none`` peer. Profiles: ``flaky``, ``ratelimited`` and ``chaos`` against ``none``. In ``chaos``,
 ``malformed_rate=0`` (malformed records are parked as dead letters by design, not retried: they
 would differ from the truth whatever the retries) and ``timeout_hold=5`` (instead of 30 s, so a
 handful of held requests does not dominate the wall time). ``outage`` (a 300 s outage) is left out.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,14 @@ def full_sync(
     )
 
 
+def _median_run(runs: Sequence[Outcome]) -> Outcome:
+    """The run of median wall time (the upper one of an even count), ``ok`` only if every run was."""
+    ordered = sorted(runs, key=lambda run: run.seconds)
+    chosen = ordered[len(ordered) // 2]
+    problems = {key: value for run in runs for key, value in run.problems.items()}
+    return replace(chosen, problems=problems)
+
+
 def _failure(outcome: CredentialOutcome) -> str:
     """Why an attempt did not end ok: the error's root cause and the pause it asked for."""
     cause = type(root_cause(outcome.error)).__name__ if outcome.error is not None else outcome.kind
@@ -144,17 +153,26 @@ def measure(options: BenchOptions) -> list[Row]:
     records = 1_000 if options.quick else 2_000
     seeds = range(1, 3) if options.quick else range(1, 6)
     size = f"{len(EXPORTABLE_RESOURCES)} resources x {records} records, page {PAGE_SIZE}"
-    timed_size = f"{size}, {BASE_LATENCY * 1000:g} ms base latency"
+    timed_size = f"{size}, {BASE_LATENCY * 1000:g} ms base latency, median of {options.repeats} syncs (fault seeds)"
     rows: list[Row] = []
     with SandboxProcess(records=records, export_page_size=PAGE_SIZE, rate_limit=60, token_rate_limit=30) as sandbox:
-        baseline = full_sync(sandbox, options.redis_url, "none", {"latency": BASE_LATENCY})
+
+        def runs_of(profile: str, knobs: dict[str, Any]) -> list[Outcome]:
+            """``options.repeats`` full syncs, fault seeds 1, 2, ...: other faults in each."""
+            return [
+                full_sync(sandbox, options.redis_url, profile, {**knobs, "fault_seed": seed})
+                for seed in range(1, options.repeats + 1)
+            ]
+
+        baseline = _median_run(runs_of("none", {"latency": BASE_LATENCY}))
         for profile, knobs in COMPARED.items():
-            result = full_sync(sandbox, options.redis_url, profile, {**knobs, "latency": BASE_LATENCY})
+            runs = runs_of(profile, {**knobs, "latency": BASE_LATENCY})
+            result = _median_run(runs)
             jitter = PROFILES[profile].latency_jitter
             if jitter:
                 # The profile also slows every answer down (by jitter / 2 on average): the same sync
                 # with that mean latency and no fault shows what the faults alone cost.
-                slower = full_sync(sandbox, options.redis_url, "none", {"latency": BASE_LATENCY + jitter / 2})
+                slower = _median_run(runs_of("none", {"latency": BASE_LATENCY + jitter / 2}))
                 rows.append(
                     Row(
                         GROUP,
@@ -164,8 +182,8 @@ def measure(options: BenchOptions) -> list[Row]:
                         f"profile none, {(BASE_LATENCY + jitter / 2) * 1000:g} ms latency",
                         "s",
                         ok=result.ok and slower.ok,
-                        note=f"{size}; {profile} adds up to {jitter * 1000:g} ms to every answer; none: "
-                        + slower.describe(),
+                        note=f"{size}, median of {options.repeats} syncs; {profile} adds up to "
+                        f"{jitter * 1000:g} ms to every answer; none: {slower.describe()}",
                     )
                 )
             changed = f" ({', '.join(f'{k}={v:g}' for k, v in knobs.items())})" if knobs else ""
@@ -185,12 +203,12 @@ def measure(options: BenchOptions) -> list[Row]:
                 Row(
                     GROUP,
                     f"failed sync attempts, {profile}",
-                    result.failed,
-                    result.attempts,
+                    sum(run.failed for run in runs),
+                    sum(run.attempts for run in runs),
                     "sync attempts",
                     "failed/attempts",
                     ok=result.ok,
-                    note=f"up to {MAX_ATTEMPTS} attempts like Airflow retries=3; target 0 failed",
+                    note=f"{len(runs)} syncs of up to {MAX_ATTEMPTS} attempts like Airflow retries=3; target 0 failed",
                 )
             )
         limit = PROFILES["ratelimited"].rate_limit or 1
