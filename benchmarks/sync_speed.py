@@ -159,7 +159,7 @@ def _concurrency_levels() -> list[int | None]:
     """``None``: ``sync_credential`` has no ``max_concurrency`` (sequential, c = 1). Else 1, 4 and the
     default (every export resource at once)."""
     if "max_concurrency" in inspect.signature(sync_credential).parameters:
-        return sorted({1, 4, DEFAULT_MAX_CONCURRENCY})
+        return [level for level in sorted({1, 4, DEFAULT_MAX_CONCURRENCY})]
     return [None]
 
 
@@ -206,6 +206,8 @@ def _credential_rows(sandbox: SandboxProcess, options: BenchOptions, records: in
                 f"lets so short a sync above the per-second ceiling); {detail}; " + stack(),
             )
         )
+        if c == 1:
+            rows.append(_bare_credential_row(sandbox, credentials, resources, api_requests / seconds, ok))
         rows.append(
             Row(
                 GROUP,
@@ -219,6 +221,29 @@ def _credential_rows(sandbox: SandboxProcess, options: BenchOptions, records: in
             )
         )
     return rows
+
+
+def _bare_credential_row(
+    sandbox: SandboxProcess, credentials: ServiceTitanCredentials, resources: list[str], ours: float, ok: bool
+) -> Row:
+    """One request at a time, ours against a bare loop over the same exports: the ceiling 1/latency
+    leaves out the time the server and any client spend on a page, which this peer includes."""
+    sandbox.admin.reset()
+    sandbox.admin.set_faults(latency=CREDENTIAL_LATENCY, rate_limit=CREDENTIAL_RATE_LIMIT)
+    seconds = _timed(lambda: [bare_export(credentials, resource) for resource in resources])
+    stats = sandbox.admin.stats()
+    bare = (int(stats["requests_total"]) - int(stats["token_requests_total"])) / seconds
+    return Row(
+        GROUP,
+        f"credential, {len(resources)} resources, max_concurrency=1, against a bare loop",
+        ours,
+        bare,
+        "bare requests loop over the same exports",
+        "requests/s",
+        ok=ok,
+        note=f"1 run each, page {CREDENTIAL_PAGE_SIZE}; the bare loop reaches "
+        f"{bare * CREDENTIAL_LATENCY:.2f} of 1/{CREDENTIAL_LATENCY * 1000:g} ms",
+    )
 
 
 def measure(options: BenchOptions) -> list[Row]:
