@@ -2,12 +2,12 @@
 
 Two sources, each read in a bounded way:
 
-* **Redis** (breaker and token): one pipelined, transactional round trip per credential
-  (:func:`read_shared_state`): Redis ``TIME``, the breaker's state fields (``HMGET`` of
-  :data:`~airflow_provider_servicetitan.resilience.breaker.STATE_FIELDS`), its newest failures and its
-  probe leases, the remaining TTL of the shared token and whether its secret was rejected. The token
-  itself is never read: only ``PTTL`` and ``EXISTS`` of its keys. When Redis cannot be reached the
-  row says so (``redis: "down"``) and the other credentials are not tried again in the same read.
+* **Redis** (breaker and token): one pipelined, transactional round trip per :data:`REDIS_BATCH`
+  credentials (:func:`read_shared_states`). For each: Redis ``TIME``, the breaker's state fields
+  (``HMGET`` of :data:`~airflow_provider_servicetitan.resilience.breaker.STATE_FIELDS`), its newest
+  failures and its probe leases, the remaining TTL of the shared token and whether its secret was
+  rejected. The token itself is never read: only ``PTTL`` and ``EXISTS`` of its keys. When Redis
+  cannot be reached the rows say so (``redis: "down"``) and Redis is not tried again in the same read.
 * **The warehouse** (:func:`read_store`): a fixed number of queries for all credentials (status,
   last sync per resource, open dead letter counts) plus one ``LIMIT``-ed query per credential (its
   oldest open dead letters). An empty warehouse gives empty rows, an unreachable one says so.
@@ -45,7 +45,7 @@ __all__ = [
     "TaskLink",
     "TokenView",
     "collect",
-    "read_shared_state",
+    "read_shared_states",
     "read_store",
     "to_json",
 ]
@@ -58,6 +58,9 @@ FAILURE_SAMPLE = 1000
 """At most this many of a breaker's newest failures are read to count those in its window."""
 LETTERS_SHOWN = 5
 """Open dead letters listed per credential (oldest first): the ones a person can mark as handled."""
+REDIS_BATCH = 100
+"""Credentials read in one Redis round trip: one transaction each, so that a page of thousands of
+credentials costs a few round trips and never holds Redis for long."""
 
 RedisState = Literal["ok", "down", "not_configured"]
 BreakerStateName = Literal["closed", "half_open", "open", "unknown"]
@@ -209,37 +212,57 @@ def cut(text: str | None, limit: int = MAX_TEXT) -> str | None:
 # -- Redis ---------------------------------------------------------------------------------------
 
 
-def read_shared_state(client: redis.Redis, target: CredentialTarget) -> tuple[BreakerView, TokenView]:
-    """The breaker and token of ``target`` in one transactional round trip (one snapshot, Redis clock).
+def read_shared_states(client: redis.Redis, targets: Sequence[CredentialTarget]) -> list[tuple[BreakerView, TokenView]]:
+    """The breaker and token of each of ``targets``, in one transactional round trip (one snapshot,
+    Redis clock). Callers send at most :data:`REDIS_BATCH` targets at once.
 
     :raises redis.RedisError: Redis could not be read.
     """
-    breaker = target.breaker
-    keys = breaker.redis_keys if breaker is not None else ()
     with client.pipeline(transaction=True) as pipe:
-        pipe.time()
-        if keys:
-            state_key, _calls_key, failures_key, probes_key = keys
-            pipe.hmget(state_key, list(STATE_FIELDS))
-            pipe.zrevrange(failures_key, 0, FAILURE_SAMPLE - 1, withscores=True)
-            pipe.zrange(probes_key, 0, -1, withscores=True)
-        if target.token_key is not None:
-            pipe.pttl(target.token_key)
-            pipe.exists(f"{target.token_key}:rejected")
+        for target in targets:
+            _queue_reads(pipe, target)
         replies: list[Any] = pipe.execute()
-    seconds, microseconds = replies.pop(0)
+    views = []
+    for target in targets:
+        view, replies = _read_replies(target, replies)
+        views.append(view)
+    return views
+
+
+def _queue_reads(pipe: redis.client.Pipeline, target: CredentialTarget) -> None:
+    pipe.time()
+    if _breaker_keys(target):
+        state_key, _calls_key, failures_key, probes_key = _breaker_keys(target)
+        pipe.hmget(state_key, list(STATE_FIELDS))
+        pipe.zrevrange(failures_key, 0, FAILURE_SAMPLE - 1, withscores=True)
+        pipe.zrange(probes_key, 0, -1, withscores=True)
+    if target.token_key is not None:
+        pipe.pttl(target.token_key)
+        pipe.exists(f"{target.token_key}:rejected")
+
+
+def _breaker_keys(target: CredentialTarget) -> tuple[str, ...]:
+    """The Redis keys of the target's breaker; none without a breaker or without Redis."""
+    return target.breaker.redis_keys if target.breaker is not None else ()
+
+
+def _read_replies(target: CredentialTarget, replies: list[Any]) -> tuple[tuple[BreakerView, TokenView], list[Any]]:
+    """The views of ``target`` from the head of ``replies`` (as :func:`_queue_reads` queued them), and the rest."""
+    (seconds, microseconds), replies = replies[0], replies[1:]
     now = int(seconds) + int(microseconds) / 1_000_000
+    breaker = target.breaker
     breaker_view = BreakerView(name=breaker.name if breaker is not None else None)
-    if keys and breaker is not None:
-        values, failures, leases = replies[0], replies[1], replies[2]
-        replies = replies[3:]
+    if breaker is not None and _breaker_keys(target):
+        (values, failures, leases), replies = replies[:3], replies[3:]
         breaker_view = _breaker_view(breaker, values, failures, leases, now)
     token_view = TokenView()
     if target.token_key is not None:
-        pttl, rejected = int(replies[0]), bool(replies[1])
+        (pttl, rejected), replies = replies[:2], replies[2:]
+        pttl = int(pttl)
         cached = pttl > 0 or pttl == -1
-        token_view = TokenView(cached=cached, expires_in_seconds=pttl / 1000 if pttl > 0 else None, rejected=rejected)
-    return breaker_view, token_view
+        expires = pttl / 1000 if pttl > 0 else None
+        token_view = TokenView(cached=cached, expires_in_seconds=expires, rejected=bool(rejected))
+    return (breaker_view, token_view), replies
 
 
 def _breaker_view(
@@ -411,7 +434,8 @@ def collect(
 
     ``redis_client=None`` means no Redis is configured (state is per process: nothing to show), or,
     with ``redis_down``, that its client could not even be built (e.g. its connection is missing).
-    A Redis error marks that credential and every later one ``down`` without trying again; a
+    A Redis error marks the credentials of that round trip and every later one ``down`` without
+    trying again; a
     warehouse error (or ``store=None``) marks every row's warehouse ``down``.
     """
     warehouse: Literal["ok", "down"] = "ok"
@@ -425,14 +449,20 @@ def collect(
             log.warning("ServiceTitan health: the warehouse cannot be read (%s)", type(error).__name__)
             warehouse = "down"
     redis_state: RedisState = "down" if redis_down else ("ok" if redis_client is not None else "not_configured")
+    shared: list[tuple[BreakerView, TokenView]] = []
+    if redis_client is not None and redis_state == "ok":
+        try:
+            for start in range(0, len(targets), REDIS_BATCH):
+                shared += read_shared_states(redis_client, targets[start : start + REDIS_BATCH])
+        except redis.RedisError as error:
+            log.warning("ServiceTitan health: Redis cannot be read (%s)", type(error).__name__)
     rows = []
-    for target in targets:
+    for index, target in enumerate(targets):
         breaker, token = BreakerView(name=target.breaker.name if target.breaker else None), TokenView()
-        if redis_client is not None and redis_state == "ok":
-            try:
-                breaker, token = read_shared_state(redis_client, target)
-            except redis.RedisError as error:
-                log.warning("ServiceTitan health: Redis cannot be read (%s)", type(error).__name__)
+        if redis_state == "ok":
+            if index < len(shared):
+                breaker, token = shared[index]
+            else:
                 redis_state = "down"
         view = stored.get(target.conn_id, StoreView())
         rows.append(

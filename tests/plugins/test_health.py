@@ -13,11 +13,14 @@ from redis.client import Pipeline
 
 from airflow_provider_servicetitan.client.auth.cache import SharedTokenCache, token_cache_key
 from airflow_provider_servicetitan.client.credentials import ServiceTitanCredentials
+from airflow_provider_servicetitan.plugins import health
 from airflow_provider_servicetitan.plugins.health import (
     MAX_TEXT,
+    BreakerView,
     CredentialTarget,
+    TokenView,
     collect,
-    read_shared_state,
+    read_shared_states,
     read_store,
     to_json,
 )
@@ -76,6 +79,11 @@ def target(
     creds = credentials(client_id=client_id)
     breaker = CircuitBreaker(f"tenant-{creds.tenant_id}-{creds.cache_id[:8]}", client, config, namespace=namespace)
     return CredentialTarget(creds.conn_id or client_id, breaker, token_cache_key(namespace, creds))
+
+
+def read_shared_state(client: redis.Redis, one: CredentialTarget) -> tuple[BreakerView, TokenView]:
+    [views] = read_shared_states(client, [one])
+    return views
 
 
 def fail(breaker: CircuitBreaker, times: int) -> None:
@@ -181,15 +189,86 @@ def test_a_rejected_secret_is_shown(redis_client: redis.Redis, key_prefix: str) 
     assert token.cached is False
 
 
-def test_one_round_trip_per_credential(counting: type[CountingRedis], redis_url: str, key_prefix: str) -> None:
+def test_one_round_trip_per_batch_of_credentials(
+    counting: type[CountingRedis], redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = counting.from_url(redis_url)
-    targets = [target(client, key_prefix, client_id=f"client-{index}") for index in range(4)]
+    targets = [target(client, key_prefix, client_id=f"client-{index}") for index in range(5)]
     counting.round_trips = 0
 
     rows = collect(targets, redis_client=client, store=None)
+    monkeypatch.setattr(health, "REDIS_BATCH", 2)
+    in_batches_of_two = counting.round_trips
+    collect(targets, redis_client=client, store=None)
 
-    assert [row.redis for row in rows] == ["ok"] * 4
-    assert counting.round_trips == 4
+    assert [row.redis for row in rows] == ["ok"] * 5
+    assert in_batches_of_two == 1
+    assert counting.round_trips - in_batches_of_two == 3
+    client.close()
+
+
+def test_credentials_read_together_read_as_each_alone(redis_client: redis.Redis, key_prefix: str) -> None:
+    """Targets of every shape in one round trip: each gets its own replies, none shifted."""
+
+    def cache(client_id: str) -> SharedTokenCache:
+        return SharedTokenCache(
+            credentials(client_id=client_id), redis_client, namespace=key_prefix, clock=time.monotonic
+        )
+
+    cache("client-b").store(TOKEN, 300)
+    cache("client-c").mark_rejected()
+    counted = target(redis_client, key_prefix, client_id="client-a", config=BreakerConfig(failure_threshold=5))
+    held = target(redis_client, key_prefix, client_id="client-g")
+    assert counted.breaker is not None
+    assert held.breaker is not None
+    fail(counted.breaker, 2)
+    held.breaker.force_open(600)
+    with_token = target(redis_client, key_prefix, client_id="client-b")
+    rejected = target(redis_client, key_prefix, client_id="client-c")
+    no_token_key = CredentialTarget("st_client-d", target(redis_client, key_prefix, client_id="client-d").breaker, None)
+    no_breaker = CredentialTarget("st_client-e", None, with_token.token_key)
+    breaker_without_redis = target(None, key_prefix, client_id="client-f")
+    targets = [counted, held, with_token, rejected, no_token_key, no_breaker, breaker_without_redis]
+
+    together = read_shared_states(redis_client, targets)
+    alone = [read_shared_state(redis_client, one) for one in targets]
+
+    def settled(views: tuple[BreakerView, TokenView]) -> tuple[object, ...]:
+        breaker, token = views  # times left move between the reads: compare what they say
+        return (breaker.name, breaker.state, breaker.failures_in_window, token.cached, token.rejected)
+
+    assert [settled(views) for views in together] == [settled(views) for views in alone]
+    assert [settled(views)[1:] for views in together] == [
+        ("closed", 2, False, False),
+        ("open", 0, False, False),
+        ("closed", 0, True, False),
+        ("closed", 0, False, True),
+        ("closed", 0, None, None),
+        ("unknown", None, True, False),
+        ("unknown", None, False, False),
+    ]
+
+
+def test_a_redis_error_in_a_later_batch_leaves_the_earlier_rows_ok(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FailingSecondRoundTrip(CountingRedis):
+        round_trips = 0
+
+        def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+            if type(self).round_trips >= 1:
+                raise redis.ConnectionError("Redis went away")
+            return super().pipeline(transaction, shard_hint)
+
+    client = FailingSecondRoundTrip.from_url(redis_url)
+    targets = [target(client, key_prefix, client_id=f"client-{index}") for index in range(5)]
+    monkeypatch.setattr(health, "REDIS_BATCH", 2)
+    FailingSecondRoundTrip.round_trips = 0
+
+    rows = collect(targets, redis_client=client, store=None)
+
+    assert [row.redis for row in rows] == ["ok", "ok", "down", "down", "down"]
+    assert [row.breaker.state for row in rows] == ["closed", "closed", "unknown", "unknown", "unknown"]
     client.close()
 
 
