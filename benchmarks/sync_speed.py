@@ -231,8 +231,7 @@ def _bare_credential_row(
     sandbox.admin.reset()
     sandbox.admin.set_faults(latency=CREDENTIAL_LATENCY, rate_limit=CREDENTIAL_RATE_LIMIT)
     seconds = _timed(lambda: [bare_export(credentials, resource) for resource in resources])
-    stats = sandbox.admin.stats()
-    bare = (int(stats["requests_total"]) - int(stats["token_requests_total"])) / seconds
+    bare = sandbox.api_requests() / seconds
     return Row(
         GROUP,
         f"credential, {len(resources)} resources, max_concurrency=1, against a bare loop",

@@ -231,8 +231,9 @@ def read_shared_states(client: redis.Redis, targets: Sequence[CredentialTarget])
 
 def _queue_reads(pipe: redis.client.Pipeline, target: CredentialTarget) -> None:
     pipe.time()
-    if _breaker_keys(target):
-        state_key, _calls_key, failures_key, probes_key = _breaker_keys(target)
+    keys = _breaker_keys(target)
+    if keys:
+        state_key, _calls_key, failures_key, probes_key = keys
         pipe.hmget(state_key, list(STATE_FIELDS))
         pipe.zrevrange(failures_key, 0, FAILURE_SAMPLE - 1, withscores=True)
         pipe.zrange(probes_key, 0, -1, withscores=True)
